@@ -6,6 +6,10 @@ Every number a user might want to change lives here with the reason it has the v
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: Numba flags shared by every kernel. ``cache=True`` keeps the compiled machine code on disk so
 #: that a second run on a small board does not pay the compile again; ``nogil`` lets worker
@@ -23,3 +27,15 @@ MAX_RECORD_BYTES: int = 16 << 20
 
 #: pcap's classic snaplen ceiling used by Wireshark (WTAP_MAX_PACKET_SIZE_STANDARD), in bytes.
 STANDARD_MAX_SNAPLEN: int = 262_144
+
+
+def kernel(fn: F) -> F:
+    """Compile ``fn`` with the project's Numba flags (``@njit(cache=True, nogil=True)``).
+
+    Kernels are private, take contiguous typed arrays, write into preallocated outputs and never
+    raise; their public wrappers validate. Numba is imported here, on first use, so that the
+    command line starts without it.
+    """
+    from numba import njit
+
+    return cast(F, njit(cache=NUMBA_FLAGS["cache"], nogil=NUMBA_FLAGS["nogil"])(fn))

@@ -24,9 +24,8 @@ GRE (RFC 2784, 2890; enhanced GRE of PPTP, RFC 2637), PPPoE (RFC 2516).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from .config import NUMBA_FLAGS
+from .config import kernel
 
 # Stop codes.
 STOP_NEED_MORE = 0
@@ -86,13 +85,13 @@ _NET_IPV6 = 6
 _NET_IP_ANY = 1  # raw IP: look at the version nibble
 
 
-@njit(**NUMBA_FLAGS)
-def _be16(b: np.ndarray, i: int) -> int:
+@kernel
+def _be16(b, i):
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
-@njit(**NUMBA_FLAGS)
-def _be32(b: np.ndarray, i: int) -> int:
+@kernel
+def _be32(b, i):
     return (
         (np.int64(b[i]) << 24)
         | (np.int64(b[i + 1]) << 16)
@@ -101,8 +100,8 @@ def _be32(b: np.ndarray, i: int) -> int:
     )
 
 
-@njit(**NUMBA_FLAGS)
-def _le32(b: np.ndarray, i: int) -> int:
+@kernel
+def _le32(b, i):
     return (
         (np.int64(b[i + 3]) << 24)
         | (np.int64(b[i + 2]) << 16)
@@ -111,30 +110,30 @@ def _le32(b: np.ndarray, i: int) -> int:
     )
 
 
-@njit(**NUMBA_FLAGS)
-def _rd32(b: np.ndarray, i: int, swapped: bool) -> int:
+@kernel
+def _rd32(b, i, swapped):
     """32-bit field in the file's byte order (``swapped``: big-endian file)."""
     if swapped:
         return _be32(b, i)
     return _le32(b, i)
 
 
-@njit(**NUMBA_FLAGS)
-def _rd16(b: np.ndarray, i: int, swapped: bool) -> int:
+@kernel
+def _rd16(b, i, swapped):
     if swapped:
         return _be16(b, i)
     return (np.int64(b[i + 1]) << 8) | np.int64(b[i])
 
 
-@njit(**NUMBA_FLAGS)
-def _be64(b: np.ndarray, i: int) -> np.uint64:
+@kernel
+def _be64(b, i):
     hi = np.uint64(_be32(b, i))
     lo = np.uint64(_be32(b, i + 4))
     return (hi << np.uint64(32)) | lo
 
 
-@njit(**NUMBA_FLAGS)
-def _ts_to_ns(ts: np.int64, kind: int, exp: int) -> np.int64:
+@kernel
+def _ts_to_ns(ts, kind, exp):
     """pcapng timestamp in units of 10^-exp or 2^-exp s -> ns (integer arithmetic)."""
     if kind == TSRES_DEC:
         if exp == 9:
@@ -156,8 +155,8 @@ def _ts_to_ns(ts: np.int64, kind: int, exp: int) -> np.int64:
     return np.int64(np.float64(ts) / (2.0**exp) * 1e9)
 
 
-@njit(**NUMBA_FLAGS)
-def _clear_row(i64, u64, u32, u16, u8, r):  # type: ignore[no-untyped-def]
+@kernel
+def _clear_row(i64, u64, u32, u16, u8, r):
     for k in range(i64.shape[0]):
         i64[k, r] = 0
     for k in range(u64.shape[0]):
@@ -172,104 +171,109 @@ def _clear_row(i64, u64, u32, u16, u8, r):  # type: ignore[no-untyped-def]
     u8[_B_WS, r] = 255
 
 
-@njit(**NUMBA_FLAGS)
-def _ethertype_walk(b, off, end):  # type: ignore[no-untyped-def]
+@kernel
+def _ethertype_walk(b, off, end):
     """Follow the ethertype at ``b[off-2:off]`` (Ethernet, SLL) through VLAN tags and PPPoE."""
     return _ethertype_walk_at(b, _be16(b, off - 2), off, end)
 
 
-@njit(**NUMBA_FLAGS)
-def _ppp_walk(b, off, end):  # type: ignore[no-untyped-def]
+@kernel
+def _ppp_walk(b, off, end):
     """PPP (RFC 1661), optionally in HDLC-like framing (RFC 1662: FF 03 first)."""
     if off + 2 <= end and b[off] == 0xFF and b[off + 1] == 0x03:
         off += 2
     if off + 1 > end:
-        return _NET_NONE, off, _TRUNC
+        return _NET_NONE, off, _TRUNC, -1
     if b[off] & 1:  # protocol-field compression: one-byte protocol
         proto = np.int64(b[off])
         off += 1
     else:
         if off + 2 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
         proto = _be16(b, off)
         off += 2
     if proto == _PPP_IPV4:
-        return _NET_IPV4, off, _OK
+        return _NET_IPV4, off, _OK, -1
     if proto == _PPP_IPV6:
-        return _NET_IPV6, off, _OK
-    return _NET_NONE, off, _UNSUP
+        return _NET_IPV6, off, _OK, -1
+    return _NET_NONE, off, _UNSUP, -1
 
 
-@njit(**NUMBA_FLAGS)
-def _link_walk(b, off, end, linktype):  # type: ignore[no-untyped-def]
+@kernel
+def _link_walk(b, off, end, linktype):
     """Strip the link layer. Returns ``(net_kind, network header offset, status)``."""
     if linktype == 1:  # Ethernet
         if off + 14 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
         et = _be16(b, off + 12)
         if et <= 1500:  # IEEE 802.3 length field: LLC, not decoded
-            return _NET_NONE, off, _UNSUP
+            return _NET_NONE, off, _UNSUP, -1
         return _ethertype_walk(b, off + 14, end)
     if linktype == 101 or linktype == 12 or linktype == 14:  # raw IP
-        return _NET_IP_ANY, off, _OK
+        return _NET_IP_ANY, off, _OK, -1
     if linktype == 228:
-        return _NET_IPV4, off, _OK
+        return _NET_IPV4, off, _OK, -1
     if linktype == 229:
-        return _NET_IPV6, off, _OK
+        return _NET_IPV6, off, _OK, -1
     if linktype == 113:  # Linux cooked v1: 16 bytes, protocol at 14
         if off + 16 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
         return _ethertype_walk(b, off + 16, end)
     if linktype == 276:  # Linux cooked v2: 20 bytes, protocol at 0
         if off + 20 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
         return _ethertype_walk_at(b, _be16(b, off), off + 20, end)
     if linktype == 0 or linktype == 108:  # BSD loopback (host order) / OpenBSD loop (network)
         if off + 4 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
         fam = _le32(b, off) if linktype == 0 else _be32(b, off)
         if linktype == 0 and fam > 0xFFFF:
             fam = _be32(b, off)  # written on a big-endian host
         if fam == 2:
-            return _NET_IPV4, off + 4, _OK
+            return _NET_IPV4, off + 4, _OK, -1
         if fam == 10 or fam == 24 or fam == 28 or fam == 30 or fam == 23:
-            return _NET_IPV6, off + 4, _OK
-        return _NET_NONE, off, _UNSUP
+            return _NET_IPV6, off + 4, _OK, -1
+        return _NET_NONE, off, _UNSUP, -1
     if linktype == 9 or linktype == 50:  # PPP, PPP in HDLC-like framing
         return _ppp_walk(b, off, end)
-    return _NET_NONE, off, _UNSUP
+    return _NET_NONE, off, _UNSUP, -1
 
 
-@njit(**NUMBA_FLAGS)
-def _ethertype_walk_at(b, et, off, end):  # type: ignore[no-untyped-def]
+@kernel
+def _ethertype_walk_at(b, et, off, end):
     """Follow ethertype ``et`` whose payload starts at ``off`` through VLAN tags and PPPoE."""
     depth = 0
     while et == _ETH_VLAN or et == _ETH_QINQ or et == _ETH_QINQ_OLD:
         if depth >= _MAX_VLAN_DEPTH:
-            return _NET_NONE, off, _MALF
+            return _NET_NONE, off, _MALF, -1
         if off + 4 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
         et = _be16(b, off + 2)
         off += 4
         depth += 1
     if et == _ETH_IPV4:
-        return _NET_IPV4, off, _OK
+        return _NET_IPV4, off, _OK, -1
     if et == _ETH_IPV6:
-        return _NET_IPV6, off, _OK
+        return _NET_IPV6, off, _OK, -1
     if et == _ETH_PPPOE_SESS:
+        # RFC 2516 sec 4: ver/type(1) code(1) session(2) length(2), then the PPP protocol(2).
+        # LENGTH counts the PPP protocol field and bounds the IP packet (as Wireshark does).
         if off + 8 > end:
-            return _NET_NONE, off, _TRUNC
+            return _NET_NONE, off, _TRUNC, -1
+        plen = _be16(b, off + 4) - 2
         proto = _be16(b, off + 6)
         off += 8
+        if plen < 0:
+            return _NET_NONE, off, _MALF, -1
         if proto == _PPP_IPV4:
-            return _NET_IPV4, off, _OK
+            return _NET_IPV4, off, _OK, plen
         if proto == _PPP_IPV6:
-            return _NET_IPV6, off, _OK
-    return _NET_NONE, off, _UNSUP
+            return _NET_IPV6, off, _OK, plen
+    return _NET_NONE, off, _UNSUP, -1
 
 
-@njit(**NUMBA_FLAGS)
-def _tcp_options(b, off, end, u32, u16, u8, r):  # type: ignore[no-untyped-def]
+@kernel
+def _tcp_options(b, off, end, u32, u16, u8, r):
     """Parse TCP options in ``b[off:end]`` (RFC 9293 sec 3.2). Returns a status."""
     opts = 0
     while off < end:
@@ -311,8 +315,8 @@ def _tcp_options(b, off, end, u32, u16, u8, r):  # type: ignore[no-untyped-def]
     return _OK
 
 
-@njit(**NUMBA_FLAGS)
-def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):  # type: ignore[no-untyped-def]
+@kernel
+def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
     """Decode IP + transport at ``b[off:end]`` into row ``r``.
 
     ``wire_end`` is where the frame ends on the wire (may exceed ``end`` when the capture was
@@ -364,6 +368,8 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
         u8[_B_FRAG, r] = frag
         l4 = off + ihl
         l4_wire_end = off + total
+        if l4_wire_end > wire_end:
+            l4_wire_end = wire_end  # "total length exceeds packet length": the frame rules
         if l4 > end:
             return _TRUNC, 0, 0, 0, 0
     else:
@@ -381,6 +387,8 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
         if plen == 0:  # jumbogram / BIG TCP: the frame length rules
             plen = wire_end - off - 40
         l4_wire_end = off + 40 + plen
+        if l4_wire_end > wire_end:
+            l4_wire_end = wire_end
         nh = np.int64(b[off + 6])
         l4 = off + 40
         # RFC 8200 sec 4: walk the extension-header chain.
@@ -520,8 +528,8 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
     return _OK, 0, 0, 0, 0
 
 
-@njit(**NUMBA_FLAGS)
-def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i64, u64, u32, u16, u8, r):  # type: ignore[no-untyped-def]
+@kernel
+def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i64, u64, u32, u16, u8, r):
     """Decode one frame into row ``r`` (and ``r + 1`` for a tunnel). Returns rows written."""
     _clear_row(i64, u64, u32, u16, u8, r)
     i64[_I_TS, r] = ts
@@ -533,7 +541,12 @@ def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i6
     wire_end = off + wirelen
     if wire_end < end:
         wire_end = end
-    net, noff, st = _link_walk(b, off, end, linktype)
+    net, noff, st, limit = _link_walk(b, off, end, linktype)
+    if limit >= 0:
+        if noff + limit < end:
+            end = noff + limit
+        if noff + limit < wire_end:
+            wire_end = noff + limit
     if net == _NET_NONE:
         u8[_B_STATUS, r] = st
         return 1
@@ -555,11 +568,16 @@ def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i6
         if toff + 14 > tend:
             u8[_B_STATUS, r2] = _TRUNC
             return 2
-        net2, noff2, st2 = _ethertype_walk(b, toff + 14, tend)
+        net2, noff2, st2, limit2 = _ethertype_walk(b, toff + 14, tend)
     elif tk == 9:
-        net2, noff2, st2 = _ppp_walk(b, toff, tend)
+        net2, noff2, st2, limit2 = _ppp_walk(b, toff, tend)
     else:
-        net2, noff2, st2 = tk, toff, _OK
+        net2, noff2, st2, limit2 = tk, toff, _OK, -1
+    if limit2 >= 0:
+        if noff2 + limit2 < tend:
+            tend = noff2 + limit2
+        if noff2 + limit2 < twire:
+            twire = noff2 + limit2
     if net2 == _NET_NONE:
         # the tunnel carries something we do not decode (e.g. PPP control): no inner row
         return 1
@@ -568,8 +586,8 @@ def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i6
     return 2
 
 
-@njit(**NUMBA_FLAGS)
-def decode_records(buf, n_valid, base_off, fmt, swapped, snaplen, if_link, if_ts_kind, if_ts_exp, if_ts_off, if_snap, frame0, i64, u64, u32, u16, u8, row0):  # type: ignore[no-untyped-def]
+@kernel
+def decode_records(buf, n_valid, base_off, fmt, swapped, snaplen, if_link, if_ts_kind, if_ts_exp, if_ts_off, if_snap, frame0, i64, u64, u32, u16, u8, row0):
     """Decode the records in ``buf[:n_valid]``.
 
     Parameters

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -178,18 +178,18 @@ class PacketTable:
         n = sum(t.n for t in tables)
         return cls.from_blocks(blocks, n, sum(t.records for t in tables))
 
-    def __getattr__(self, name: str) -> npt.NDArray[np.generic]:
+    def __getattr__(self, name: str) -> npt.NDArray[Any]:
         try:
             block, row = COLUMNS[name]
         except KeyError:
             raise AttributeError(name) from None
-        col: np.ndarray = self.blocks[block][row]
+        col: npt.NDArray[Any] = self.blocks[block][row]
         return col
 
     def __len__(self) -> int:
         return self.n
 
-    def column(self, name: str) -> np.ndarray:
+    def column(self, name: str) -> npt.NDArray[Any]:
         """Column ``name`` as a read-only 1-D array (see :data:`COLUMN_DOCS`)."""
         return self.__getattr__(name)
 

@@ -22,7 +22,7 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -342,8 +342,10 @@ class CaptureReader:
             STOP_NEED_MORE,
             STOP_OUTPUT_FULL,
             STOP_TOO_LARGE,
-            decode_records,
         )
+        from ..decode import decode_records as _kernel
+
+        decode_records: Any = _kernel  # a Numba dispatcher
 
         carry = np.frombuffer(self._pending, dtype=np.uint8)
         carry_off = self._stream_off
@@ -354,7 +356,7 @@ class CaptureReader:
             size = max(self.chunk_bytes, need + 4096, carry.size + 4096)
             buf = np.empty(size, dtype=np.uint8)
             buf[: carry.size] = carry
-            got = self._readinto(memoryview(buf)[carry.size :])
+            got = self._readinto(memoryview(buf.data)[carry.size :])
             valid = carry.size + got
             base = carry_off
             pos = 0
@@ -451,7 +453,17 @@ class CaptureReader:
         if count:
             self.stats.records += recs
         self.stats.rows += rows
-        return Chunk(PacketTable.from_blocks(blocks, rows, recs), buf, base)
+        table = PacketTable.from_blocks(blocks, rows, recs)
+        if self._fmt != 2 and 0 < self._snaplen < STANDARD_MAX_SNAPLEN and rows:
+            over = table.caplen > self._snaplen
+            if over.any():
+                first = int(table.frame[np.argmax(over)])
+                self._damage(
+                    "caplen_over_snaplen",
+                    f"{int(np.count_nonzero(over))} record(s) longer than the file's snaplen "
+                    f"{self._snaplen} (first: frame {first}); read anyway",
+                )
+        return Chunk(table, buf, base)
 
     def read_all(self) -> PacketTable:
         """The whole file as one table (for small files and tests; use iteration for big ones)."""

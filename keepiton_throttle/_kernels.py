@@ -1,0 +1,637 @@
+"""Private Numba kernels of the flow stage. No validation, no raise: see ``flows.py``.
+
+One streaming kernel, :func:`flow_pass`, walks packet-table rows in capture order and keeps
+per-flow state in preallocated int64 arrays, so that a capture of any length is analysed in
+memory proportional to the number of flows (not packets). It assigns each row a flow and a
+direction, and emits RTT samples and per-bin goodput as it goes.
+
+State layout: ``S[field, flow]`` (int64) with the field indices below; per-direction fields come
+in pairs (``X + d`` for direction ``d``; direction 0 is endpoint A -> B, where A is the source of
+the flow's first packet). ``R[...]`` is a ring of outstanding data segments per direction for
+data->ACK RTT matching. Sequence numbers are unwrapped into int64 offsets from the first one
+seen (RFC 9293 sec 3.4 modular arithmetic), so 2^32 wrap-around is handled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import kernel
+
+# -- flow-level fields ----------------------------------------------------------------------
+F_PROTO = 0
+F_IPV = 1
+F_PORT_A = 2
+F_PORT_B = 3
+F_FIRST_TS = 4
+F_LAST_TS = 5
+F_CLIENT = 6  # 0: A is the client, 1: B is the client
+F_ROLE_SRC = 7  # ROLE_* below
+F_CLOSED = 8  # TCP: FIN from both sides or RST seen
+F_SYN_TS = 9
+F_SYNACK_TS = 10
+F_HSACK_TS = 11
+F_QUIC_VERSION = 12
+F_QUIC_CI_TS = 13  # first client Initial
+F_QUIC_SR_TS = 14  # first server long-header packet after it
+F_PREV = 15  # earlier flow with the same 5-tuple (port reuse), -1
+F_ENCAP = 16
+F_SYN_SEQ = 17  # seq of the SYN that opened the flow (port-reuse detection)
+F_NFIELDS_FLOW = 18
+
+# -- per-direction fields (add d in {0, 1}) -------------------------------------------------
+_D = F_NFIELDS_FLOW
+D_PKTS = _D + 0
+D_WIRE = _D + 2
+D_PAYLOAD = _D + 4
+D_UNIQUE = _D + 6
+D_HAS_BASE = _D + 8
+D_BASE = _D + 10
+D_LAST_RAW = _D + 12
+D_LAST_UNW = _D + 14
+D_MAX_END = _D + 16
+D_MAX_TS = _D + 18
+D_RETX = _D + 20
+D_OOO = _D + 22
+D_ACK_REL = _D + 24  # last ACK sent by d, as offset into the other direction (-1 none)
+D_ACK_RAW = _D + 26
+D_DUPACK = _D + 28
+D_WIN_RAW = _D + 30
+D_WS = _D + 32  # window-scale option in d's SYN, -1 none
+D_WIN_BYTES = _D + 34  # last advertised receive window, bytes (scaled when known), -1
+D_ZW_NS = _D + 36
+D_ZW_SINCE = _D + 38
+D_RWL_NS = _D + 40  # time d's sending was limited by the other side's receive window
+D_RWL_SINCE = _D + 42
+D_SACK_EVENTS = _D + 44
+D_SACK_ACTIVE = _D + 46
+D_FIN = _D + 48
+D_RST = _D + 50
+D_TS_VAL = _D + 52  # pending TSval sent by d awaiting its echo
+D_TS_TS = _D + 54  # time it was first sent, -1 none
+D_SPIN_LAST = _D + 56
+D_SPIN_TS = _D + 58
+D_SPIN_FLIPS = _D + 60
+D_SNIPS = _D + 62
+D_BIN = _D + 64
+D_BIN_GOOD = _D + 66
+D_BIN_PAY = _D + 68
+D_BIN_RETX = _D + 70
+D_BIN_PKTS = _D + 72
+D_MIN_RTT = _D + 74
+D_RING_HEAD = _D + 76
+D_RING_N = _D + 78
+D_MSS = _D + 80
+D_SYN_SEEN = _D + 82
+D_DATA_PKTS = _D + 84
+D_FIRST_DATA_TS = _D + 86
+D_LAST_DATA_TS = _D + 88
+D_WINLIM_UNKNOWN = _D + 90  # receive window seen without a known scale
+D_DUPACK_RUN = _D + 92  # consecutive duplicate ACKs sent by d (reset when the ACK advances)
+D_ACK_TS = _D + 94  # time of d's last ACK
+N_FIELDS = _D + 96
+
+ROLE_FIRST = 0  # the source of the first packet is taken for the client
+ROLE_PORT = 1  # the lower (well-known) port is the server
+ROLE_QUIC = 2  # sender of QUIC long-header Initial packets
+ROLE_SYNACK = 3
+ROLE_SYN = 4
+
+SAMPLE_DATA_ACK = 1  # data segment -> the ACK that covers exactly its end
+SAMPLE_TS_ECHO = 2  # TSval -> its first echo in TSecr (RFC 7323 sec 4)
+SAMPLE_SPIN = 3  # QUIC spin-bit edge to edge (RFC 9000 sec 17.4)
+SAMPLE_DATA_ACK_AMBIGUOUS = 4  # as DATA_ACK, but the segment was sent more than once: Karn's
+# rule (RFC 6298 sec 3) excludes these from every estimate; kept only for cross-checks with
+# tools that do not apply it (tshark's tcp.analysis.ack_rtt)
+
+_AMBIG = np.int64(1) << 62
+
+STOP_DONE = 0
+STOP_FLOWS_FULL = 1
+
+# chunk-output columns: rtt samples (int64 block, 5 rows) and bins (int64 block, 7 rows)
+RTT_COLS = ("flow", "ts_ns", "rtt_ns", "kind", "dir")
+BIN_COLS = ("flow", "dir", "bin", "goodput_bytes", "payload_bytes", "retransmissions", "packets")
+
+_TCP_FIN = 1
+_TCP_SYN = 2
+_TCP_RST = 4
+_TCP_ACK = 16
+_OPT_MSS = 1
+_OPT_WS = 2
+_OPT_SACK = 8
+_OPT_TS = 16
+_QUIC_V2 = 0x6B3343CF
+_HALF = np.int64(1) << 31
+_MOD = np.int64(1) << 32
+
+
+@kernel
+def _hash(shi, slo, dhi, dlo, sp, dp, proto):
+    """Direction-independent hash of a 5-tuple (xor of the two endpoint mixes)."""
+    a = (shi * np.uint64(0x9E3779B97F4A7C15)) ^ (slo * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (np.uint64(sp) * np.uint64(0x165667B19E3779F9))
+    b = (dhi * np.uint64(0x9E3779B97F4A7C15)) ^ (dlo * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (np.uint64(dp) * np.uint64(0x165667B19E3779F9))
+    h = (a ^ b) + np.uint64(proto) * np.uint64(0x27D4EB2F165667C5)
+    h ^= h >> np.uint64(29)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(32)
+    return h
+
+
+@kernel
+def _lookup(H, A, S, shi, slo, dhi, dlo, sp, dp, proto):
+    """Return (slot, flow, dir): flow -1 when absent (slot is then the free slot)."""
+    mask = np.uint64(H.shape[0] - 1)
+    slot = _hash(shi, slo, dhi, dlo, sp, dp, proto) & mask
+    while True:
+        f = H[slot] - 1
+        if f < 0:
+            return np.int64(slot), np.int64(-1), 0
+        if S[F_PROTO, f] == proto:
+            if (A[0, f] == shi and A[1, f] == slo and A[2, f] == dhi and A[3, f] == dlo
+                    and S[F_PORT_A, f] == sp and S[F_PORT_B, f] == dp):
+                return np.int64(slot), f, 0
+            if (A[0, f] == dhi and A[1, f] == dlo and A[2, f] == shi and A[3, f] == slo
+                    and S[F_PORT_A, f] == dp and S[F_PORT_B, f] == sp):
+                return np.int64(slot), f, 1
+        slot = (slot + np.uint64(1)) & mask
+
+
+@kernel
+def rehash(H, A, S, n_flows):
+    """Rebuild the hash table ``H`` (all zero on entry) from flows 0..n_flows-1.
+
+    Later flows with the same 5-tuple overwrite earlier ones (the table points at the newest).
+    """
+    for f in range(n_flows):
+        slot, g, _ = _lookup(H, A, S, A[0, f], A[1, f], A[2, f], A[3, f], S[F_PORT_A, f], S[F_PORT_B, f], S[F_PROTO, f])
+        H[slot] = f + 1
+
+
+@kernel
+def _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, ipv, encap, ts):
+    for k in range(S.shape[0]):
+        S[k, f] = 0
+    for k in range(R.shape[0]):
+        R[k, f] = 0
+    A[0, f] = shi
+    A[1, f] = slo
+    A[2, f] = dhi
+    A[3, f] = dlo
+    S[F_PROTO, f] = proto
+    S[F_IPV, f] = ipv
+    S[F_PORT_A, f] = sp
+    S[F_PORT_B, f] = dp
+    S[F_FIRST_TS, f] = ts
+    S[F_LAST_TS, f] = ts
+    S[F_ENCAP, f] = encap
+    S[F_PREV, f] = -1
+    for k in (F_SYN_TS, F_SYNACK_TS, F_HSACK_TS, F_QUIC_CI_TS, F_QUIC_SR_TS, F_SYN_SEQ):
+        S[k, f] = -1
+    for d in range(2):
+        for k in (D_ACK_REL, D_ACK_RAW, D_WS, D_WIN_BYTES, D_ZW_SINCE, D_RWL_SINCE, D_TS_TS,
+                  D_SPIN_LAST, D_BIN, D_MIN_RTT, D_FIRST_DATA_TS, D_LAST_DATA_TS):
+            S[k + d, f] = -1
+    # client/server by port (RFC 6335 ranges: the lower, well-known port is the service);
+    # TCP SYNs and QUIC Initials override this later with stronger evidence
+    if sp < dp:
+        S[F_CLIENT, f] = 1
+        S[F_ROLE_SRC, f] = ROLE_PORT
+    elif dp < sp:
+        S[F_CLIENT, f] = 0
+        S[F_ROLE_SRC, f] = ROLE_PORT
+    else:
+        S[F_CLIENT, f] = 0
+        S[F_ROLE_SRC, f] = ROLE_FIRST
+
+
+@kernel
+def _set_role(S, f, client_dir, src):
+    if src > S[F_ROLE_SRC, f]:
+        S[F_CLIENT, f] = client_dir
+        S[F_ROLE_SRC, f] = src
+
+
+@kernel
+def _unwrap(S, f, d, raw):
+    """Sequence number ``raw`` (u32) of direction d -> int64 offset from the first one seen."""
+    delta = ((raw - S[D_LAST_RAW + d, f] + _HALF) % _MOD) - _HALF
+    return S[D_LAST_UNW + d, f] + delta
+
+
+@kernel
+def _bin_add(S, f, d, ts, bin_ns, good, pay, retx, bins, nb):
+    """Accumulate into the current bin of (f, d); emit the previous bin when it changes."""
+    b = (ts - S[F_FIRST_TS, f]) // bin_ns
+    if b != S[D_BIN + d, f]:
+        if S[D_BIN_PKTS + d, f] > 0:
+            bins[0, nb] = f
+            bins[1, nb] = d
+            bins[2, nb] = S[D_BIN + d, f]
+            bins[3, nb] = S[D_BIN_GOOD + d, f]
+            bins[4, nb] = S[D_BIN_PAY + d, f]
+            bins[5, nb] = S[D_BIN_RETX + d, f]
+            bins[6, nb] = S[D_BIN_PKTS + d, f]
+            nb += 1
+        S[D_BIN + d, f] = b
+        S[D_BIN_GOOD + d, f] = 0
+        S[D_BIN_PAY + d, f] = 0
+        S[D_BIN_RETX + d, f] = 0
+        S[D_BIN_PKTS + d, f] = 0
+    S[D_BIN_GOOD + d, f] += good
+    S[D_BIN_PAY + d, f] += pay
+    S[D_BIN_RETX + d, f] += retx
+    S[D_BIN_PKTS + d, f] += 1
+    return nb
+
+
+@kernel
+def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
+    """Mark outstanding segments overlapping a retransmitted range [rel, end) as ambiguous.
+
+    When no outstanding segment ends where the retransmission ends (it was re-segmented), the
+    retransmission itself is inserted, ambiguous, so that the ACK that covers it still yields an
+    (ambiguous) sample, as tshark's ack_rtt does.
+    """
+    base_i = d * 2 * ring
+    h = S[D_RING_HEAD + d, f]
+    cnt = S[D_RING_N + d, f]
+    exact = False
+    pos = cnt  # insertion index (entries are sorted by end)
+    for k in range(cnt):
+        j = (h + k) % ring
+        e = R[base_i + 2 * j, f]
+        if e > rel and e <= end:
+            R[base_i + 2 * j + 1, f] = R[base_i + 2 * j + 1, f] | _AMBIG
+        if e == end:
+            exact = True
+        if e > end and pos == cnt:
+            pos = k
+    o = 1 - d
+    if exact or end <= S[D_ACK_REL + o, f]:
+        return
+    if cnt == ring:  # full: forget the oldest
+        if pos == 0:
+            return
+        h = (h + 1) % ring
+        cnt -= 1
+        pos -= 1
+        S[D_RING_HEAD + d, f] = h
+    k = cnt
+    while k > pos:  # shift the later entries up by one
+        j = (h + k) % ring
+        jp = (h + k - 1) % ring
+        R[base_i + 2 * j, f] = R[base_i + 2 * jp, f]
+        R[base_i + 2 * j + 1, f] = R[base_i + 2 * jp + 1, f]
+        k -= 1
+    j = (h + pos) % ring
+    R[base_i + 2 * j, f] = end
+    R[base_i + 2 * j + 1, f] = ts | _AMBIG
+    S[D_RING_N + d, f] = cnt + 1
+
+
+@kernel
+def _ooo_threshold(S, f, default_ns):
+    """Out-of-order window: the handshake RTT (SYN -> third ACK) when seen, else the default.
+
+    Wireshark's rule (packet-tcp.c, "OUT-OF-ORDER"), kept so that counts agree with tshark.
+    """
+    if S[F_SYN_TS, f] >= 0 and S[F_HSACK_TS, f] >= 0:
+        return S[F_HSACK_TS, f] - S[F_SYN_TS, f]
+    return default_ns
+
+
+@kernel
+def _emit_rtt(rtt, nr, f, ts, value, kind, d, S):
+    if value <= 0:
+        return nr  # a zero or negative RTT is a timestamp artefact, not a measurement
+    rtt[0, nr] = f
+    rtt[1, nr] = ts
+    rtt[2, nr] = value
+    rtt[3, nr] = kind
+    rtt[4, nr] = d
+    m = S[D_MIN_RTT + d, f]
+    if (kind == SAMPLE_DATA_ACK or kind == SAMPLE_TS_ECHO) and (m < 0 or value < m):
+        S[D_MIN_RTT + d, f] = value
+    return nr + 1
+
+
+@kernel
+def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip_max,
+              H, A, S, R, n_flows, ring,
+              out_flow, out_dir, out_soff, out_snip, rtt, bins, nr0, nb0):
+    """Analyse rows ``row0..`` of a packet-table chunk (blocks as in packets.py).
+
+    ``data``/``data_off``: the chunk's raw bytes and their absolute offset (QUIC first bytes).
+    Writes per row: ``out_flow`` (-1: not a TCP/UDP flow packet), ``out_dir`` (0 A->B),
+    ``out_soff`` (TCP: byte offset of the payload in its direction's stream), ``out_snip``
+    (1: keep this payload for handshake parsing). Appends RTT samples to ``rtt`` from column
+    ``nr0`` and finished bins to ``bins`` from ``nb0``.
+
+    Returns (next row, n_flows, nr, nb, stop): STOP_FLOWS_FULL asks the caller to grow the
+    flow arrays (and hash table) and call again from the returned row.
+    """
+    n = i64.shape[1]
+    cap = S.shape[1]
+    nr = nr0
+    nb = nb0
+    for r in range(row0, n):
+        out_flow[r] = -1
+        out_dir[r] = 0
+        out_soff[r] = -1
+        out_snip[r] = 0
+        proto = np.int64(u8[1, r])
+        if u8[2, r] != 0 or (proto != 6 and proto != 17) or u8[3, r] == 2 or u8[0, r] == 0:
+            continue
+        ts = i64[0, r]
+        shi = u64[0, r]
+        slo = u64[1, r]
+        dhi = u64[2, r]
+        dlo = u64[3, r]
+        sp = np.int64(u16[2, r])
+        dp = np.int64(u16[3, r])
+        flags = np.int64(u16[4, r])
+        slot, f, d = _lookup(H, A, S, shi, slo, dhi, dlo, sp, dp, proto)
+        syn = proto == 6 and (flags & _TCP_SYN) != 0
+        pure_syn = syn and (flags & _TCP_ACK) == 0
+        prev = -1
+        if f >= 0 and pure_syn:
+            # a new connection on a reused 5-tuple (RFC 9293 sec 3.10.7.4 TIME-WAIT reuse):
+            # after the old one closed, or a SYN with another ISN than the flow's own SYN
+            seq = np.int64(u32[2, r])
+            if S[F_CLOSED, f] == 1 or (S[F_SYN_SEQ, f] >= 0 and S[F_SYN_SEQ, f] != seq):
+                prev = f
+                f = -1
+        if f < 0:
+            if n_flows >= cap:
+                return r, n_flows, nr, nb, STOP_FLOWS_FULL
+            f = n_flows
+            n_flows += 1
+            _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, r]), np.int64(u8[7, r]), ts)
+            S[F_PREV, f] = prev
+            H[slot] = f + 1
+            d = 0
+        o = 1 - d
+        out_flow[r] = f
+        out_dir[r] = d
+        plen = np.int64(u32[6, r])
+        S[F_LAST_TS, f] = ts
+        S[D_PKTS + d, f] += 1
+        S[D_WIRE + d, f] += np.int64(u32[1, r])
+        S[D_PAYLOAD + d, f] += plen
+        if plen > 0:
+            S[D_DATA_PKTS + d, f] += 1
+            if S[D_FIRST_DATA_TS + d, f] < 0:
+                S[D_FIRST_DATA_TS + d, f] = ts
+            S[D_LAST_DATA_TS + d, f] = ts
+        pcap = np.int64(u32[7, r])
+        poff = i64[1, r] - data_off
+        if proto == 17:
+            good = plen
+            S[D_UNIQUE + d, f] += plen
+            # QUIC (RFC 9000 sec 17): long header = first bit set; Initial type bits 00 (v1,
+            # drafts) or 01 (v2, RFC 9369 sec 3.2); version 0 is Version Negotiation
+            if pcap >= 5 and poff >= 0 and poff + 5 <= data.shape[0]:
+                b0 = np.int64(data[poff])
+                if b0 & 0x80:
+                    ver = (np.int64(data[poff + 1]) << 24) | (np.int64(data[poff + 2]) << 16) | (np.int64(data[poff + 3]) << 8) | np.int64(data[poff + 4])
+                    ptype = (b0 >> 4) & 3
+                    initial = ver != 0 and ((ver != _QUIC_V2 and ptype == 0) or (ver == _QUIC_V2 and ptype == 1))
+                    if initial and (S[F_QUIC_CI_TS, f] < 0 or S[F_CLIENT, f] == d):
+                        if S[F_QUIC_CI_TS, f] < 0:
+                            S[F_QUIC_CI_TS, f] = ts
+                            S[F_QUIC_VERSION, f] = ver
+                        _set_role(S, f, d, ROLE_QUIC)
+                    elif ver != 0 and S[F_QUIC_CI_TS, f] >= 0 and S[F_CLIENT, f] == o and S[F_QUIC_SR_TS, f] < 0:
+                        S[F_QUIC_SR_TS, f] = ts
+                    if S[D_SNIPS + d, f] < snip_max:
+                        S[D_SNIPS + d, f] += 1
+                        out_snip[r] = 1
+                elif b0 & 0x40:
+                    # short header: spin bit (RFC 9000 sec 17.4); one RTT between edges
+                    spin = (b0 >> 5) & 1
+                    last = S[D_SPIN_LAST + d, f]
+                    if last >= 0 and spin != last:
+                        if S[D_SPIN_FLIPS + d, f] >= 1:
+                            nr = _emit_rtt(rtt, nr, f, ts, ts - S[D_SPIN_TS + d, f], SAMPLE_SPIN, d, S)
+                        S[D_SPIN_TS + d, f] = ts
+                        S[D_SPIN_FLIPS + d, f] += 1
+                    S[D_SPIN_LAST + d, f] = spin
+            nb = _bin_add(S, f, d, ts, bin_ns, good, plen, 0, bins, nb)
+            continue
+        # ---- TCP ----------------------------------------------------------------------------
+        seq = np.int64(u32[2, r])
+        ack = np.int64(u32[3, r])
+        win = np.int64(u16[5, r])
+        opts = np.int64(u8[5, r])
+        fin = (flags & _TCP_FIN) != 0
+        rst = (flags & _TCP_RST) != 0
+        if syn:
+            if pure_syn:
+                _set_role(S, f, d, ROLE_SYN)
+                if S[F_SYN_TS, f] < 0:
+                    S[F_SYN_TS, f] = ts
+                    S[F_SYN_SEQ, f] = seq
+            else:
+                _set_role(S, f, o, ROLE_SYNACK)
+                if S[F_SYNACK_TS, f] < 0:
+                    S[F_SYNACK_TS, f] = ts
+            S[D_SYN_SEEN + d, f] = 1
+            S[D_WS + d, f] = np.int64(u8[4, r]) if (opts & _OPT_WS) else -1
+            if opts & _OPT_MSS:
+                S[D_MSS + d, f] = np.int64(u16[6, r])
+            if S[D_HAS_BASE + d, f] == 0 or (S[D_MAX_END + d, f] <= 1 and S[D_BASE + d, f] != seq):
+                S[D_HAS_BASE + d, f] = 1
+                S[D_BASE + d, f] = seq
+                S[D_LAST_RAW + d, f] = seq
+                S[D_LAST_UNW + d, f] = 0
+                S[D_MAX_END + d, f] = 0
+                S[D_MAX_TS + d, f] = ts
+        elif (flags & _TCP_ACK) and S[F_SYNACK_TS, f] >= 0 and S[F_HSACK_TS, f] < 0 and S[F_CLIENT, f] == d:
+            S[F_HSACK_TS, f] = ts  # third packet of the handshake
+        if S[D_HAS_BASE + d, f] == 0:
+            S[D_HAS_BASE + d, f] = 1
+            S[D_BASE + d, f] = seq
+            S[D_LAST_RAW + d, f] = seq
+            S[D_LAST_UNW + d, f] = 0
+            S[D_MAX_END + d, f] = 0
+            S[D_MAX_TS + d, f] = ts
+        rel = _unwrap(S, f, d, seq)
+        S[D_LAST_RAW + d, f] = seq
+        S[D_LAST_UNW + d, f] = rel
+        seglen = plen + (1 if syn else 0) + (1 if fin else 0)
+        end = rel + seglen
+        good = 0
+        retx = 0
+        if plen > 0:
+            out_soff[r] = rel - (1 if S[D_SYN_SEEN + d, f] == 1 else 0) + (1 if syn else 0)
+            if S[D_SNIPS + d, f] < snip_max and pcap > 0:
+                S[D_SNIPS + d, f] += 1
+                out_snip[r] = 1
+        if seglen > 0:
+            mx = S[D_MAX_END + d, f]
+            if rel < mx:
+                if plen <= 1 and end == mx and not syn and not fin:
+                    pass  # keep-alive probe: one old byte, not a retransmission
+                elif (S[D_DUPACK_RUN + o, f] >= 2 and S[D_ACK_RAW + o, f] == seq
+                        and ts - S[D_ACK_TS + o, f] < 20_000_000):
+                    # fast retransmission (RFC 5681 sec 3.2) answering the duplicate ACKs
+                    S[D_RETX + d, f] += 1
+                    retx = 1
+                elif ts - S[D_MAX_TS + d, f] < _ooo_threshold(S, f, ooo_ns) and end != mx:
+                    # arrived soon after the highest segment and is not a copy of it: reordering
+                    S[D_OOO + d, f] += 1
+                else:
+                    S[D_RETX + d, f] += 1
+                    retx = 1
+                # Karn (RFC 6298 sec 3): a segment sent more than once gives only ambiguous samples
+                _ring_retransmit(R, S, f, d, ring, rel, end, ts)
+                if end > mx:
+                    good = end - mx
+                    S[D_MAX_END + d, f] = end
+                    S[D_MAX_TS + d, f] = ts
+            else:
+                good = end - mx
+                S[D_MAX_END + d, f] = end
+                S[D_MAX_TS + d, f] = ts
+                if seglen > 0:  # SYN and FIN are acknowledged like data (RFC 9293 sec 3.4)
+                    base_i = d * 2 * ring
+                    h = S[D_RING_HEAD + d, f]
+                    cnt = S[D_RING_N + d, f]
+                    if cnt == ring:  # full: forget the oldest outstanding segment
+                        h = (h + 1) % ring
+                        cnt -= 1
+                        S[D_RING_HEAD + d, f] = h
+                    j = (h + cnt) % ring
+                    R[base_i + 2 * j, f] = end
+                    R[base_i + 2 * j + 1, f] = ts
+                    S[D_RING_N + d, f] = cnt + 1
+            if good > 0:
+                if syn:
+                    good -= 1
+                if fin:
+                    good -= 1
+                if good < 0:
+                    good = 0
+            S[D_UNIQUE + d, f] += good
+        # ---- ACK side: what d says about the other direction's data ------------------------
+        if (flags & _TCP_ACK) and S[D_HAS_BASE + o, f] == 1:
+            ack_rel = S[D_LAST_UNW + o, f] + (((ack - S[D_LAST_RAW + o, f] + _HALF) % _MOD) - _HALF)
+            base_o = o * 2 * ring
+            h = S[D_RING_HEAD + o, f]
+            cnt = S[D_RING_N + o, f]
+            while cnt > 0:
+                e = R[base_o + 2 * h, f]
+                if e > ack_rel:
+                    break
+                if e == ack_rel:
+                    sent = R[base_o + 2 * h + 1, f]
+                    if sent & _AMBIG:
+                        nr = _emit_rtt(rtt, nr, f, ts, ts - (sent ^ _AMBIG), SAMPLE_DATA_ACK_AMBIGUOUS, o, S)
+                    else:
+                        nr = _emit_rtt(rtt, nr, f, ts, ts - sent, SAMPLE_DATA_ACK, o, S)
+                h = (h + 1) % ring
+                cnt -= 1
+            S[D_RING_HEAD + o, f] = h
+            S[D_RING_N + o, f] = cnt
+            # duplicate ACK (RFC 5681 sec 2): no data, no SYN/FIN/RST, same ACK and window,
+            # while the other side has data outstanding
+            if (plen == 0 and not syn and not fin and not rst and ack == S[D_ACK_RAW + d, f]
+                    and win == S[D_WIN_RAW + d, f] and S[D_MAX_END + o, f] > ack_rel):
+                S[D_DUPACK + d, f] += 1
+                S[D_DUPACK_RUN + d, f] += 1
+            elif ack != S[D_ACK_RAW + d, f]:
+                S[D_DUPACK_RUN + d, f] = 0
+            S[D_ACK_TS + d, f] = ts
+            # SACK (RFC 2018): a block above the cumulative ACK reports a hole (a loss)
+            if opts & _OPT_SACK:
+                sle = np.int64(u32[8, r])
+                sle_rel = S[D_LAST_UNW + o, f] + (((sle - S[D_LAST_RAW + o, f] + _HALF) % _MOD) - _HALF)
+                if sle_rel > ack_rel:
+                    if S[D_SACK_ACTIVE + d, f] == 0:
+                        S[D_SACK_EVENTS + d, f] += 1
+                    S[D_SACK_ACTIVE + d, f] = 1
+                else:
+                    S[D_SACK_ACTIVE + d, f] = 0
+            else:
+                S[D_SACK_ACTIVE + d, f] = 0
+            S[D_ACK_REL + d, f] = ack_rel
+            S[D_ACK_RAW + d, f] = ack
+            # receive window (RFC 7323 sec 2: scaled only when both SYNs carried the option;
+            # never applied to the SYN segments themselves)
+            if not syn:
+                if S[D_WS + d, f] >= 0 and S[D_WS + o, f] >= 0:
+                    S[D_WIN_BYTES + d, f] = win << S[D_WS + d, f]
+                elif S[D_SYN_SEEN + d, f] == 1 and S[D_SYN_SEEN + o, f] == 1:
+                    S[D_WIN_BYTES + d, f] = win
+                else:
+                    S[D_WIN_BYTES + d, f] = win
+                    S[D_WINLIM_UNKNOWN + d, f] = 1
+                if win == 0 and not rst:
+                    if S[D_ZW_SINCE + d, f] < 0:
+                        S[D_ZW_SINCE + d, f] = ts
+                elif S[D_ZW_SINCE + d, f] >= 0:
+                    S[D_ZW_NS + d, f] += ts - S[D_ZW_SINCE + d, f]
+                    S[D_ZW_SINCE + d, f] = -1
+        S[D_WIN_RAW + d, f] = win
+        # ---- was d's sending limited by the other side's receive window? -------------------
+        if plen > 0 and S[D_WIN_BYTES + o, f] >= 0 and S[D_ACK_REL + o, f] >= 0:
+            mss = S[D_MSS + d, f] if S[D_MSS + d, f] > 0 else 1460
+            inflight = S[D_MAX_END + d, f] - S[D_ACK_REL + o, f]
+            limited = inflight + mss > S[D_WIN_BYTES + o, f]
+            if limited and S[D_RWL_SINCE + d, f] < 0:
+                S[D_RWL_SINCE + d, f] = ts
+            elif not limited and S[D_RWL_SINCE + d, f] >= 0:
+                S[D_RWL_NS + d, f] += ts - S[D_RWL_SINCE + d, f]
+                S[D_RWL_SINCE + d, f] = -1
+        # ---- timestamps option: TSval -> first echo (RFC 7323 sec 4.1) ---------------------
+        if opts & _OPT_TS:
+            tsval = np.int64(u32[4, r])
+            tsecr = np.int64(u32[5, r])
+            if S[D_TS_TS + o, f] >= 0 and (flags & _TCP_ACK):
+                diff = ((tsecr - S[D_TS_VAL + o, f] + _HALF) % _MOD) - _HALF
+                if diff == 0:
+                    nr = _emit_rtt(rtt, nr, f, ts, ts - S[D_TS_TS + o, f], SAMPLE_TS_ECHO, o, S)
+                    S[D_TS_TS + o, f] = -1
+                elif diff > 0:
+                    S[D_TS_TS + o, f] = -1  # a later value was echoed first: no clean sample
+            if S[D_TS_TS + d, f] < 0 and tsval != S[D_TS_VAL + d, f]:
+                S[D_TS_VAL + d, f] = tsval
+                S[D_TS_TS + d, f] = ts
+        if fin:
+            S[D_FIN + d, f] = 1
+        if rst:
+            S[D_RST + d, f] = 1
+        if rst or (S[D_FIN, f] == 1 and S[D_FIN + 1, f] == 1):
+            S[F_CLOSED, f] = 1
+        nb = _bin_add(S, f, d, ts, bin_ns, good, plen, retx, bins, nb)
+    return n, n_flows, nr, nb, STOP_DONE
+
+
+@kernel
+def flush_bins(S, n_flows, bins):
+    """Emit every flow's open bin and close open zero-window / window-limited intervals.
+
+    Returns the number of bins written (at most 2 per flow).
+    """
+    nb = 0
+    for f in range(n_flows):
+        last = S[F_LAST_TS, f]
+        for d in range(2):
+            if S[D_BIN_PKTS + d, f] > 0:
+                bins[0, nb] = f
+                bins[1, nb] = d
+                bins[2, nb] = S[D_BIN + d, f]
+                bins[3, nb] = S[D_BIN_GOOD + d, f]
+                bins[4, nb] = S[D_BIN_PAY + d, f]
+                bins[5, nb] = S[D_BIN_RETX + d, f]
+                bins[6, nb] = S[D_BIN_PKTS + d, f]
+                nb += 1
+                S[D_BIN_PKTS + d, f] = 0
+            if S[D_ZW_SINCE + d, f] >= 0:
+                S[D_ZW_NS + d, f] += last - S[D_ZW_SINCE + d, f]
+                S[D_ZW_SINCE + d, f] = -1
+            if S[D_RWL_SINCE + d, f] >= 0:
+                S[D_RWL_NS + d, f] += last - S[D_RWL_SINCE + d, f]
+                S[D_RWL_SINCE + d, f] = -1
+    return nb

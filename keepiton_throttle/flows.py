@@ -1,0 +1,405 @@
+"""Flows: packets grouped into TCP connections and UDP flows, with roles, SNI and metrics.
+
+``FlowBuilder`` consumes packet-table chunks in capture order and keeps per-flow state in
+Numba-managed arrays (see ``_kernels.flow_pass``), so memory grows with the number of flows,
+not packets. ``finish()`` returns a :class:`FlowTable` (one row per flow, oriented client ->
+server) and a :class:`~keepiton_throttle.series.TimingSeries`.
+
+Rules (docs/METHODOLOGY.md, section 2, says why):
+
+* a flow is a bidirectional 5-tuple; a TCP SYN on a tuple whose connection closed (FIN both
+  ways, or RST), or with another initial sequence number, starts a new flow (port reuse);
+* the client is the sender of a SYN (or the receiver of a SYN/ACK), for QUIC the sender of
+  long-header Initial packets, else the side with the higher port (the lower, well-known port
+  is the service), else the sender of the first packet;
+* SNI and ALPN come from the client's first payload bytes: the TLS ClientHello reassembled
+  from up to ``snip_max`` client segments (any order, retransmissions, several records), or
+  the decrypted QUIC Initial packets (``protocols.quic``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _kernels as K
+from .packets import format_address
+from .series import TimingSeries, detect_vantage, path_rtt, summarize_rtt
+from .sources.capture import CaptureReader, Chunk
+
+#: default goodput bin width, ns (100 ms: fine enough for a 130 kbit/s policer's plateau,
+#: coarse enough that a bin of a 1 Mbit/s flow holds ~8 packets)
+DEFAULT_BIN_NS = 100_000_000
+#: a segment below the highest sequence sent that arrives within this time of the highest is
+#: "out of order" rather than a retransmission (Wireshark's rule: 3 ms, or the RTT if smaller)
+DEFAULT_OOO_NS = 3_000_000
+#: client payload packets kept per flow and direction for ClientHello / Initial parsing
+DEFAULT_SNIP_MAX = 8
+#: outstanding data segments remembered per direction for data -> ACK RTT samples; fewer than
+#: a window's worth biases the samples towards small-window phases (64: ~2 KiB per flow)
+DEFAULT_RING = 64
+
+END_OPEN = "open"
+END_FIN = "fin"
+END_RST = "rst"
+END_HANDSHAKE_FAILED = "handshake_failed"
+
+ROLE_SOURCES = {K.ROLE_FIRST: "first_packet", K.ROLE_PORT: "port", K.ROLE_QUIC: "quic_initial",
+                K.ROLE_SYNACK: "syn_ack", K.ROLE_SYN: "syn"}
+
+
+@dataclass(frozen=True)
+class HandshakeFacts:
+    """What the client's first bytes say (None where absent)."""
+
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    tls_versions: tuple[int, ...] = ()
+    ech: bool = False
+    quic_version: int | None = None
+    source: str = ""  # "tls", "quic", or "" when no ClientHello was found
+
+
+@dataclass(frozen=True)
+class FlowTable:
+    """One row per flow, oriented client -> server ("up") and server -> client ("down").
+
+    Numeric columns are NumPy arrays in :attr:`cols` (read them as attributes); handshake facts
+    are in :attr:`hello`. Times are ns since the epoch, durations ns, sizes bytes.
+    """
+
+    cols: dict[str, npt.NDArray[Any]] = field(repr=False)
+    hello: list[HandshakeFacts] = field(repr=False)
+    n: int = 0
+
+    def __getattr__(self, name: str) -> npt.NDArray[Any]:
+        try:
+            return self.cols[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def transport(self, i: int) -> str:
+        return "tcp" if int(self.cols["proto"][i]) == 6 else (
+            "quic" if self.hello[i].quic_version is not None else "udp")
+
+    def client(self, i: int) -> str:
+        return _endpoint(self.cols["client_hi"][i], self.cols["client_lo"][i],
+                         self.cols["ip_version"][i], self.cols["client_port"][i])
+
+    def server(self, i: int) -> str:
+        return _endpoint(self.cols["server_hi"][i], self.cols["server_lo"][i],
+                         self.cols["ip_version"][i], self.cols["server_port"][i])
+
+    def goodput_bps(self, i: int) -> float | None:
+        """Goodput of the flow's main direction (the one that carried more unique bytes), bit/s.
+
+        Duration: from the first payload packet of the request side (if it spoke first) to the
+        last payload packet of the main direction, as seen at the capture point.
+        """
+        down = int(self.cols["goodput_down"][i]) >= int(self.cols["goodput_up"][i])
+        main, other = ("down", "up") if down else ("up", "down")
+        nbytes = int(self.cols[f"goodput_{main}"][i])
+        end = int(self.cols[f"last_data_ts_{main}"][i])
+        start = int(self.cols[f"first_data_ts_{main}"][i])
+        o = int(self.cols[f"first_data_ts_{other}"][i])
+        if 0 <= o < start:
+            start = o
+        if nbytes == 0 or end <= start or start < 0:
+            return None
+        return nbytes * 8e9 / (end - start)
+
+    def end_state(self, i: int) -> str:
+        c = self.cols
+        if int(c["proto"][i]) != 6:
+            return END_OPEN
+        if c["rst_up"][i] or c["rst_down"][i]:
+            return END_RST if c["synack_ts"][i] >= 0 or c["data_packets_down"][i] else END_HANDSHAKE_FAILED
+        if c["syn_ts"][i] >= 0 and c["synack_ts"][i] < 0:
+            return END_HANDSHAKE_FAILED
+        if c["fin_up"][i] or c["fin_down"][i]:
+            return END_FIN
+        return END_OPEN
+
+    def matching(self, pattern: str) -> npt.NDArray[np.int64]:
+        """Indices of flows whose SNI matches a shell-style pattern (``*.googlevideo.com``)."""
+        pat = pattern.lower()
+        return np.array([i for i, h in enumerate(self.hello)
+                         if h.sni is not None and fnmatch.fnmatchcase(h.sni.lower(), pat)],
+                        dtype=np.int64)
+
+
+def _endpoint(hi: int, lo: int, version: int, port: int) -> str:
+    addr = format_address(int(hi), int(lo), int(version))
+    return f"[{addr}]:{int(port)}" if int(version) == 6 else f"{addr}:{int(port)}"
+
+
+@dataclass
+class _Snippets:
+    """Payload bytes kept for handshake parsing: per (flow, dir) a list of (stream offset, bytes)."""
+
+    parts: dict[tuple[int, int], list[tuple[int, bytes]]] = field(default_factory=dict)
+
+    def add(self, flow: int, d: int, soff: int, data: bytes) -> None:
+        self.parts.setdefault((flow, d), []).append((soff, data))
+
+
+class FlowBuilder:
+    """Streaming flow analysis: feed chunks in capture order with :meth:`add`, then :meth:`finish`."""
+
+    def __init__(self, *, bin_ns: int = DEFAULT_BIN_NS, ooo_ns: int = DEFAULT_OOO_NS,
+                 snip_max: int = DEFAULT_SNIP_MAX, ring: int = DEFAULT_RING,
+                 initial_flows: int = 1024) -> None:
+        if bin_ns <= 0:
+            raise ValueError(f"bin_ns must be positive (ns), got {bin_ns}")
+        if ring < 1 or snip_max < 0:
+            raise ValueError("ring must be >= 1 and snip_max >= 0")
+        self.bin_ns = int(bin_ns)
+        self.ooo_ns = int(ooo_ns)
+        self.snip_max = int(snip_max)
+        self.ring = int(ring)
+        cap = max(int(initial_flows), 16)
+        self._S = np.zeros((K.N_FIELDS, cap), dtype=np.int64)
+        self._A = np.zeros((4, cap), dtype=np.uint64)
+        self._R = np.zeros((4 * self.ring, cap), dtype=np.int64)
+        self._H = np.zeros(4 * cap, dtype=np.int64)
+        self.n_flows = 0
+        self._rtt_parts: list[npt.NDArray[np.int64]] = []
+        self._bin_parts: list[npt.NDArray[np.int64]] = []
+        self._snips = _Snippets()
+        self.packets = 0
+        self._finished = False
+
+    def _grow(self) -> None:
+        cap = self._S.shape[1] * 2
+        for name in ("_S", "_A", "_R"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], cap), dtype=old.dtype)
+            new[:, : old.shape[1]] = old
+            setattr(self, name, new)
+        self._H = np.zeros(4 * cap, dtype=np.int64)
+        K.rehash(self._H, self._A, self._S, self.n_flows)
+
+    def add(self, chunk: Chunk) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """Analyse one chunk. Returns per-row (flow id or -1, direction 0 A->B / 1 B->A)."""
+        if self._finished:
+            raise RuntimeError("FlowBuilder.add after finish")
+        t = chunk.table
+        n = t.n
+        b = t.blocks
+        out_flow = np.empty(n, dtype=np.int64)
+        out_dir = np.empty(n, dtype=np.uint8)
+        out_soff = np.empty(n, dtype=np.int64)
+        out_snip = np.empty(n, dtype=np.uint8)
+        rtt = np.empty((5, 2 * n + 16), dtype=np.int64)
+        bins = np.empty((7, n + 16), dtype=np.int64)
+        row, nr, nb = 0, 0, 0
+        i64, u64, u32, u16, u8 = (np.ascontiguousarray(b[k]) for k in ("i64", "u64", "u32", "u16", "u8"))
+        while True:
+            row, self.n_flows, nr, nb, stop = K.flow_pass(
+                i64, u64, u32, u16, u8, row, chunk.data, chunk.data_offset,
+                self.bin_ns, self.ooo_ns, self.snip_max,
+                self._H, self._A, self._S, self._R, self.n_flows, self.ring,
+                out_flow, out_dir, out_soff, out_snip, rtt, bins, nr, nb)
+            if stop == K.STOP_DONE:
+                break
+            self._grow()
+        self.packets += n
+        if nr:
+            self._rtt_parts.append(rtt[:, :nr].copy())
+        if nb:
+            self._bin_parts.append(bins[:, :nb].copy())
+        sel = np.flatnonzero(out_snip)
+        if sel.size:
+            poff = t.payload_off[sel] - chunk.data_offset
+            pcap = t.payload_caplen[sel]
+            data = chunk.data
+            for k, r in enumerate(sel):
+                lo = int(poff[k])
+                self._snips.add(int(out_flow[r]), int(out_dir[r]), int(out_soff[r]),
+                                data[lo : lo + int(pcap[k])].tobytes())
+        return out_flow, out_dir
+
+    def finish(self) -> tuple[FlowTable, TimingSeries]:
+        """Close open intervals and bins; build the flow table and its timing series."""
+        self._finished = True
+        nf = self.n_flows
+        S, A = self._S[:, :nf], self._A[:, :nf]
+        tail = np.empty((7, 2 * nf + 1), dtype=np.int64)
+        nb = K.flush_bins(self._S, nf, tail)
+        bins = np.concatenate(self._bin_parts + [tail[:, :nb]], axis=1) if (self._bin_parts or nb) else np.zeros((7, 0), np.int64)
+        rtts = np.concatenate(self._rtt_parts, axis=1) if self._rtt_parts else np.zeros((5, 0), np.int64)
+        client = S[K.F_CLIENT]  # 0: A is the client
+        # orient bins and samples client -> server
+        if bins.shape[1]:
+            bins = bins.copy()
+            bins[1] = (bins[1] == client[bins[0]]).astype(np.int64)  # 1: up
+        if rtts.shape[1]:
+            rtts = rtts.copy()
+            rtts[4] = (rtts[4] == client[rtts[0]]).astype(np.int64)  # 1: sender is client
+        series = TimingSeries.build(self.bin_ns, bins, rtts, nf)
+        cols = _orient(S, A, client)
+        hello = _handshakes(self._snips, S, client, nf)
+        table = FlowTable(cols=cols, hello=hello, n=nf)
+        return table, series
+
+
+def _orient(S: npt.NDArray[np.int64], A: npt.NDArray[np.uint64],
+            client: npt.NDArray[np.int64]) -> dict[str, npt.NDArray[Any]]:
+    a_is_client = client == 0
+    up = client  # direction index of client -> server
+    down = 1 - client
+    idx = np.arange(S.shape[1])
+
+    def per_dir(base: int, d: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        return S[base + d, idx]
+
+    cols: dict[str, npt.NDArray[Any]] = {
+        "proto": S[K.F_PROTO].astype(np.uint8),
+        "ip_version": S[K.F_IPV].astype(np.uint8),
+        "encap": S[K.F_ENCAP].astype(np.uint8),
+        "client_hi": np.where(a_is_client, A[0], A[2]),
+        "client_lo": np.where(a_is_client, A[1], A[3]),
+        "server_hi": np.where(a_is_client, A[2], A[0]),
+        "server_lo": np.where(a_is_client, A[3], A[1]),
+        "client_port": np.where(a_is_client, S[K.F_PORT_A], S[K.F_PORT_B]),
+        "server_port": np.where(a_is_client, S[K.F_PORT_B], S[K.F_PORT_A]),
+        "role_source": S[K.F_ROLE_SRC].astype(np.uint8),
+        "first_ts": S[K.F_FIRST_TS].copy(),
+        "last_ts": S[K.F_LAST_TS].copy(),
+        "syn_ts": S[K.F_SYN_TS].copy(),
+        "synack_ts": S[K.F_SYNACK_TS].copy(),
+        "hsack_ts": S[K.F_HSACK_TS].copy(),
+        "quic_client_initial_ts": S[K.F_QUIC_CI_TS].copy(),
+        "quic_server_reply_ts": S[K.F_QUIC_SR_TS].copy(),
+        "quic_version": S[K.F_QUIC_VERSION].copy(),
+        "prev_flow": S[K.F_PREV].copy(),
+    }
+    for name, base in (
+        ("packets", K.D_PKTS), ("bytes", K.D_WIRE), ("payload", K.D_PAYLOAD),
+        ("goodput", K.D_UNIQUE), ("data_packets", K.D_DATA_PKTS),
+        ("retransmissions", K.D_RETX), ("out_of_order", K.D_OOO), ("dup_acks", K.D_DUPACK),
+        ("sack_loss_events", K.D_SACK_EVENTS), ("zero_window_ns", K.D_ZW_NS),
+        ("rwnd_limited_ns", K.D_RWL_NS), ("first_data_ts", K.D_FIRST_DATA_TS),
+        ("last_data_ts", K.D_LAST_DATA_TS), ("fin", K.D_FIN), ("rst", K.D_RST),
+        ("mss", K.D_MSS), ("wscale", K.D_WS), ("window_scale_unknown", K.D_WINLIM_UNKNOWN),
+        ("spin_flips", K.D_SPIN_FLIPS),
+    ):
+        cols[f"{name}_up"] = per_dir(base, up)
+        cols[f"{name}_down"] = per_dir(base, down)
+    return cols
+
+
+def _handshakes(snips: _Snippets, S: npt.NDArray[np.int64], client: npt.NDArray[np.int64],
+                nf: int) -> list[HandshakeFacts]:
+    from .protocols import quic, tls
+
+    out: list[HandshakeFacts] = [HandshakeFacts()] * nf
+    flows = sorted({f for f, _ in snips.parts})
+    for f in flows:
+        c = int(client[f])
+        order = [c, 1 - c] if S[K.F_ROLE_SRC, f] < K.ROLE_QUIC else [c]
+        if S[K.F_PROTO, f] == 17:
+            if S[K.F_QUIC_CI_TS, f] < 0:
+                continue
+            parts = snips.parts.get((f, c), [])
+            try:
+                info = quic.client_initial_info([p for _, p in parts])
+            except ValueError:
+                info = None
+            version = int(S[K.F_QUIC_VERSION, f])
+            if info is not None and info.client_hello is not None:
+                h = info.client_hello
+                out[f] = HandshakeFacts(h.sni, h.alpn, h.versions, h.ech, info.version, "quic")
+            else:
+                out[f] = HandshakeFacts(quic_version=version)
+            continue
+        for d in order:
+            segs = snips.parts.get((f, d))
+            if not segs:
+                continue
+            stream = tls.reassemble_prefix([(o, p) for o, p in segs if o >= 0])
+            try:
+                hello = tls.find_client_hello(stream)
+            except ValueError:
+                hello = None
+            if hello is not None:
+                out[f] = HandshakeFacts(hello.sni, hello.alpn, hello.versions, hello.ech, None, "tls")
+                break
+    return out
+
+
+def analyze_chunks(chunks: Iterable[Chunk], **kw: Any) -> tuple[FlowTable, TimingSeries]:
+    """Flow table and timing series of a stream of chunks (keyword options: FlowBuilder's)."""
+    b = FlowBuilder(**kw)
+    for c in chunks:
+        b.add(c)
+    return b.finish()
+
+
+def analyze_file(path: str | os.PathLike[str], **kw: Any) -> tuple[FlowTable, TimingSeries]:
+    """Read ``path`` and analyse its flows in one streaming pass."""
+    with CaptureReader(path) as reader:
+        return analyze_chunks(reader, **kw)
+
+
+def flow_records(table: FlowTable, series: TimingSeries, *, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Per-flow dicts with the keys of ``throttle-check flows --json`` (units in the names)."""
+    out = []
+    c = table.cols
+    for i in range(table.n) if rows is None else rows:
+        i = int(i)
+        samples = series.rtt(i)
+        s2a = int(c["synack_ts"][i] - c["syn_ts"][i]) if c["synack_ts"][i] >= 0 and c["syn_ts"][i] >= 0 else -1
+        a2a = int(c["hsack_ts"][i] - c["synack_ts"][i]) if c["hsack_ts"][i] >= 0 and c["synack_ts"][i] >= 0 else -1
+        vantage = detect_vantage(s2a, a2a, samples)
+        _, path = path_rtt(samples, vantage)
+        hs_ns = s2a + a2a if s2a >= 0 and a2a >= 0 else (
+            int(c["quic_server_reply_ts"][i] - c["quic_client_initial_ts"][i])
+            if c["quic_server_reply_ts"][i] >= 0 else None)
+        h = table.hello[i]
+        gp = table.goodput_bps(i)
+        pk_down = int(c["data_packets_down"][i])
+        rec: dict[str, Any] = {
+            "flow": i,
+            "transport": table.transport(i),
+            "client": table.client(i),
+            "server": table.server(i),
+            "role_source": ROLE_SOURCES[int(c["role_source"][i])],
+            "sni": h.sni,
+            "alpn": list(h.alpn),
+            "tls_versions": [f"0x{v:04x}" for v in h.tls_versions],
+            "ech": h.ech,
+            "quic_version": None if h.quic_version is None else f"0x{h.quic_version:08x}",
+            "packets_up": int(c["packets_up"][i]),
+            "packets_down": int(c["packets_down"][i]),
+            "bytes_up": int(c["bytes_up"][i]),
+            "bytes_down": int(c["bytes_down"][i]),
+            "goodput_bytes_down": int(c["goodput_down"][i]),
+            "goodput_bytes_up": int(c["goodput_up"][i]),
+            "start": int(c["first_ts"][i]) / 1e9,
+            "duration_s": (int(c["last_ts"][i]) - int(c["first_ts"][i])) / 1e9,
+            "goodput_bps": gp,
+            "handshake_rtt_ms": None if hs_ns is None or hs_ns < 0 else hs_ns / 1e6,
+            "vantage": vantage,
+            **summarize_rtt(path),
+            "retransmissions": int(c["retransmissions_up"][i] + c["retransmissions_down"][i]),
+            "retransmissions_down": int(c["retransmissions_down"][i]),
+            "retransmission_rate": (int(c["retransmissions_down"][i]) / pk_down) if pk_down else 0.0,
+            "out_of_order": int(c["out_of_order_up"][i] + c["out_of_order_down"][i]),
+            "dup_acks": int(c["dup_acks_up"][i] + c["dup_acks_down"][i]),
+            "sack_loss_events": int(c["sack_loss_events_up"][i] + c["sack_loss_events_down"][i]),
+            "zero_window_s": int(c["zero_window_ns_up"][i]) / 1e9,
+            "rwnd_limited_s": int(c["rwnd_limited_ns_down"][i]) / 1e9,
+            "end_state": table.end_state(i),
+        }
+        out.append(rec)
+    return out

@@ -1,0 +1,205 @@
+"""Timing series of flows: goodput per time bin and RTT samples.
+
+Produced by the flow stage (``flows.py``) in the same streaming pass; consumed by statistics
+and verdicts. All times are int64 ns; byte counts are bytes; rates are bit/s.
+
+Goodput counts *unique* transport payload bytes: the advance of the highest sequence number
+seen in a direction (retransmissions and duplicates excluded; a gap is counted when the
+sequence jumps over it). For QUIC, whose packet numbers and payload are encrypted, goodput is
+the UDP payload (retransmissions cannot be told apart at this layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._kernels import SAMPLE_DATA_ACK, SAMPLE_DATA_ACK_AMBIGUOUS, SAMPLE_SPIN, SAMPLE_TS_ECHO
+
+SAMPLE_KINDS = {SAMPLE_DATA_ACK: "data_ack", SAMPLE_TS_ECHO: "ts_echo", SAMPLE_SPIN: "spin",
+                SAMPLE_DATA_ACK_AMBIGUOUS: "data_ack_ambiguous"}
+
+#: where the capture was taken, relative to the flow's endpoints
+VANTAGE_CLIENT = "client"
+VANTAGE_SERVER = "server"
+VANTAGE_MIDDLE = "middle"
+VANTAGE_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class RttSamples:
+    """RTT samples of one flow, in capture order.
+
+    ``sender_is_client`` says whose data (or TSval) was timed: at a client-side capture the
+    samples of client-sent data are full path RTTs, while those of server-sent data measure only
+    the client's own ACK delay (and the reverse at a server-side capture).
+    """
+
+    ts_ns: npt.NDArray[np.int64]
+    rtt_ns: npt.NDArray[np.int64]
+    kind: npt.NDArray[np.int64]
+    sender_is_client: npt.NDArray[np.bool_]
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.size)
+
+    def karn(self) -> RttSamples:
+        """The samples Karn's rule allows (no retransmitted segment)."""
+        m = self.kind != SAMPLE_DATA_ACK_AMBIGUOUS
+        return RttSamples(self.ts_ns[m], self.rtt_ns[m], self.kind[m], self.sender_is_client[m])
+
+
+@dataclass(frozen=True)
+class GoodputSeries:
+    """Per-bin byte counts of one direction of one flow.
+
+    ``bin_index[k]`` is the bin number counted from the flow's first packet; bins with no
+    packet are absent from the arrays (use :meth:`dense` for a gap-free series).
+    """
+
+    bin_ns: int
+    bin_index: npt.NDArray[np.int64]
+    goodput_bytes: npt.NDArray[np.int64]
+    payload_bytes: npt.NDArray[np.int64]
+    retransmissions: npt.NDArray[np.int64]
+    packets: npt.NDArray[np.int64]
+
+    def dense(self, first: int | None = None, last: int | None = None) -> npt.NDArray[np.int64]:
+        """Goodput bytes for every bin from ``first`` to ``last`` (inclusive), zeros included."""
+        if self.bin_index.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        lo = int(self.bin_index[0]) if first is None else first
+        hi = int(self.bin_index[-1]) if last is None else last
+        out = np.zeros(max(hi - lo + 1, 0), dtype=np.int64)
+        m = (self.bin_index >= lo) & (self.bin_index <= hi)
+        out[self.bin_index[m] - lo] = self.goodput_bytes[m]
+        return out
+
+    def rate_bps(self) -> npt.NDArray[np.float64]:
+        """Goodput of each dense bin in bit/s."""
+        return self.dense().astype(np.float64) * 8e9 / self.bin_ns
+
+    def cumulative(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """(bin end time in ns from the flow start, cumulative goodput bytes) over dense bins."""
+        d = self.dense()
+        if d.size == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        first = int(self.bin_index[0])
+        t = (np.arange(d.size, dtype=np.int64) + first + 1) * self.bin_ns
+        return t, np.cumsum(d)
+
+
+@dataclass(frozen=True)
+class TimingSeries:
+    """Goodput bins and RTT samples for every flow of a :class:`~keepiton_throttle.flows.FlowTable`.
+
+    Stored flat and sorted by flow; ``goodput(f, up=False)`` and ``rtt(f)`` slice out one flow.
+    """
+
+    bin_ns: int
+    #: bins: rows flow, up (1: client->server), bin, goodput, payload, retransmissions, packets
+    bins: npt.NDArray[np.int64]
+    #: rtt samples: rows flow, ts_ns, rtt_ns, kind, sender_is_client
+    rtts: npt.NDArray[np.int64]
+    _bin_starts: npt.NDArray[np.int64]
+    _rtt_starts: npt.NDArray[np.int64]
+
+    @classmethod
+    def build(cls, bin_ns: int, bins: npt.NDArray[np.int64], rtts: npt.NDArray[np.int64],
+              n_flows: int) -> TimingSeries:
+        if bins.shape[1]:
+            order = np.lexsort((bins[2], bins[1], bins[0]))
+            bins = np.ascontiguousarray(bins[:, order])
+        if rtts.shape[1]:
+            order = np.lexsort((rtts[1], rtts[0]))
+            rtts = np.ascontiguousarray(rtts[:, order])
+        flows = np.arange(n_flows + 1)
+        return cls(
+            bin_ns=bin_ns,
+            bins=bins,
+            rtts=rtts,
+            _bin_starts=np.searchsorted(bins[0], flows).astype(np.int64),
+            _rtt_starts=np.searchsorted(rtts[0], flows).astype(np.int64),
+        )
+
+    def goodput(self, flow: int, *, up: bool = False) -> GoodputSeries:
+        """The goodput series of ``flow`` from server to client (``up=False``) or the reverse."""
+        b = self.bins[:, self._bin_starts[flow] : self._bin_starts[flow + 1]]
+        m = b[1] == (1 if up else 0)
+        return GoodputSeries(self.bin_ns, b[2][m], b[3][m], b[4][m], b[5][m], b[6][m])
+
+    def rtt(self, flow: int) -> RttSamples:
+        r = self.rtts[:, self._rtt_starts[flow] : self._rtt_starts[flow + 1]]
+        return RttSamples(r[1], r[2], r[3], r[4].astype(bool))
+
+
+def detect_vantage(syn_to_synack_ns: int, synack_to_ack_ns: int, samples: RttSamples) -> str:
+    """Where the capture point sits on the path of a flow.
+
+    With a TCP handshake: at the client, SYN -> SYN/ACK spans the whole path and SYN/ACK -> ACK
+    is local; at the server the reverse; in the middle both are partial. Without one, the side
+    whose own data/TSvals give the larger RTT samples is the capture side (its samples cover
+    the path; the other side's measure only the local ACK delay). A factor of 4 separates
+    "one half is negligible" from "middle".
+    """
+    if syn_to_synack_ns >= 0 and synack_to_ack_ns >= 0:
+        a, b = syn_to_synack_ns, synack_to_ack_ns
+        if a > 4 * b:
+            return VANTAGE_CLIENT
+        if b > 4 * a:
+            return VANTAGE_SERVER
+        return VANTAGE_MIDDLE
+    ok = (samples.kind == SAMPLE_DATA_ACK) | (samples.kind == SAMPLE_TS_ECHO)
+    c = samples.rtt_ns[ok & samples.sender_is_client]
+    s = samples.rtt_ns[ok & ~samples.sender_is_client]
+    if c.size and s.size:
+        mc, ms = float(np.median(c)), float(np.median(s))
+        if mc > 4 * ms:
+            return VANTAGE_CLIENT
+        if ms > 4 * mc:
+            return VANTAGE_SERVER
+        return VANTAGE_MIDDLE
+    return VANTAGE_UNKNOWN
+
+
+def path_rtt(samples: RttSamples, vantage: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(ts_ns, rtt_ns) samples of the whole path's RTT, valid at the detected vantage point.
+
+    Client side: samples timed on client-sent data/TSvals (plus spin-bit periods, which are a
+    full RTT anywhere); server side: server-sent; middle: each half-sample plus the median of
+    the other half, so that every sample estimates the full path. Unknown vantage: all samples
+    (documented as a limit).
+    """
+    samples = samples.karn()
+    spin = samples.kind == SAMPLE_SPIN
+    if vantage == VANTAGE_CLIENT:
+        m = samples.sender_is_client | spin
+    elif vantage == VANTAGE_SERVER:
+        m = ~samples.sender_is_client | spin
+    elif vantage == VANTAGE_MIDDLE:
+        c = samples.sender_is_client & ~spin
+        s = ~samples.sender_is_client & ~spin
+        out = samples.rtt_ns.copy()
+        if c.any() and s.any():
+            out[c] += int(np.median(samples.rtt_ns[s]))
+            out[s] += int(np.median(samples.rtt_ns[c]))
+        return samples.ts_ns, out
+    else:
+        return samples.ts_ns, samples.rtt_ns
+    return samples.ts_ns[m], samples.rtt_ns[m]
+
+
+def summarize_rtt(values_ns: npt.NDArray[np.int64]) -> dict[str, Any]:
+    """p50 / p95 / min in ms of RTT samples (None when there are none)."""
+    if values_ns.size == 0:
+        return {"rtt_ms_p50": None, "rtt_ms_p95": None, "rtt_ms_min": None, "rtt_samples": 0}
+    v = values_ns.astype(np.float64) / 1e6
+    return {
+        "rtt_ms_p50": float(np.percentile(v, 50)),
+        "rtt_ms_p95": float(np.percentile(v, 95)),
+        "rtt_ms_min": float(v.min()),
+        "rtt_samples": int(v.size),
+    }

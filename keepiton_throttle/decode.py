@@ -532,9 +532,10 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
 def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i64, u64, u32, u16, u8, r):
     """Decode one frame into row ``r`` (and ``r + 1`` for a tunnel). Returns rows written."""
     _clear_row(i64, u64, u32, u16, u8, r)
+    caplen = end - off
     i64[_I_TS, r] = ts
     i64[_I_FRAME, r] = frame
-    u32[_W_CAP, r] = end - off
+    u32[_W_CAP, r] = caplen
     u32[_W_WIRE, r] = wirelen
     u16[_H_IFACE, r] = iface
     u16[_H_LINK, r] = linktype
@@ -559,7 +560,7 @@ def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i6
     _clear_row(i64, u64, u32, u16, u8, r2)
     i64[_I_TS, r2] = ts
     i64[_I_FRAME, r2] = frame
-    u32[_W_CAP, r2] = end - off
+    u32[_W_CAP, r2] = caplen  # the record's, even where PPPoE's LENGTH cut `end` short
     u32[_W_WIRE, r2] = wirelen
     u16[_H_IFACE, r2] = iface
     u16[_H_LINK, r2] = linktype

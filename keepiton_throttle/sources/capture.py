@@ -173,6 +173,8 @@ class CaptureReader:
         self._swapped = False
         self._fmt = 0
         self._snaplen = 0
+        self._over_snaplen = 0
+        self._over_first = 0
         try:
             self._read_file_header()
         except BaseException:
@@ -201,10 +203,18 @@ class CaptureReader:
         total = 0
         while total < len(view):
             try:
-                n = self._stream.readinto(view[total:])  # type: ignore[attr-defined]
+                if self.info.compressed:
+                    # one decompression step per call: GzipFile.readinto loses everything it
+                    # decompressed in a call that then meets the damage
+                    data = self._stream.read1(len(view) - total)  # type: ignore[attr-defined]
+                    n = len(data)
+                    view[total : total + n] = data
+                else:
+                    n = self._stream.readinto(view[total:])  # type: ignore[attr-defined]
             except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
                 self._eof = True
-                self._damage("gzip", f"compressed stream damaged: {exc}")
+                self._damage("gzip", f"compressed stream damaged: {exc}",
+                             self.stats.bytes_read + total)
                 break
             if not n:
                 self._eof = True
@@ -265,8 +275,9 @@ class CaptureReader:
         self.info.version = f"{major}.{minor}"
         self.info.sections = 1
         self._fmt = 1 if self.info.nanosecond else 0
-        # The upper bits of the link-type field carry FCS information (pcap draft sec 4).
-        linktype = network & 0x0FFFFFFF
+        # Only the lower 16 bits are the link type; the upper 16 carry FCS information or are
+        # reserved and "MUST be ignored by pcap file readers" (pcap draft sec 4).
+        linktype = network & 0xFFFF
         self._snaplen = snaplen
         self.info.interfaces = [
             Interface(linktype=linktype, snaplen=snaplen, ts_exp=9 if self.info.nanosecond else 6)
@@ -295,6 +306,8 @@ class CaptureReader:
             self._section_ifaces: list[Interface] = []
             return
         e = ">" if self._swapped else "<"
+        if len(block) < 20:  # type, length, LinkType, Reserved, SnapLen, length (sec 4.2)
+            raise _Corrupt(f"interface description block too short ({len(block)} bytes)")
         linktype, _res, snaplen = struct.unpack(e + "HHI", block[8:16])
         ts_exp, ts_binary, ts_off, name = 6, False, 0, ""
         # options: code(2) length(2) value padded to 4 (pcapng sec 3.5)
@@ -308,6 +321,8 @@ class CaptureReader:
                 ts_binary = bool(val[0] & 0x80)
                 ts_exp = val[0] & 0x7F
             elif code == 14 and olen >= 8:  # if_tsoffset
+                if len(val) < 8:
+                    raise _Corrupt("interface option if_tsoffset runs past the block")
                 ts_off = struct.unpack(e + "q", val[:8])[0]
             elif code == 2:  # if_name
                 name = val.decode("utf-8", "replace")
@@ -434,6 +449,7 @@ class CaptureReader:
                 yield self._emit(rows_blocks, rows, recs, buf, base, count=False)
             if stop_file:
                 self.stats.stopped_early = True
+                self._report_over_snaplen()
                 return
             carry = buf[pos:valid]
             carry_off = base + pos
@@ -446,6 +462,7 @@ class CaptureReader:
                         carry_off,
                     )
                     self.stats.stopped_early = True
+                self._report_over_snaplen()
                 return
 
     def _emit(self, blocks: dict[str, np.ndarray], rows: int, recs: int, buf: np.ndarray,
@@ -455,15 +472,22 @@ class CaptureReader:
         self.stats.rows += rows
         table = PacketTable.from_blocks(blocks, rows, recs)
         if self._fmt != 2 and 0 < self._snaplen < STANDARD_MAX_SNAPLEN and rows:
-            over = table.caplen > self._snaplen
+            over = (table.caplen > self._snaplen) & (table.encap == 0)  # records, not rows
             if over.any():
-                first = int(table.frame[np.argmax(over)])
-                self._damage(
-                    "caplen_over_snaplen",
-                    f"{int(np.count_nonzero(over))} record(s) longer than the file's snaplen "
-                    f"{self._snaplen} (first: frame {first}); read anyway",
-                )
+                if not self._over_snaplen:
+                    self._over_first = int(table.frame[np.argmax(over)])
+                self._over_snaplen += int(np.count_nonzero(over))
         return Chunk(table, buf, base)
+
+    def _report_over_snaplen(self) -> None:
+        """Once, when reading ends: records longer than the snaplen were read anyway."""
+        if self._over_snaplen:
+            self._damage(
+                "caplen_over_snaplen",
+                f"{self._over_snaplen} record(s) longer than the file's snaplen "
+                f"{self._snaplen} (first: frame {self._over_first}); read anyway",
+            )
+            self._over_snaplen = 0
 
     def read_all(self) -> PacketTable:
         """The whole file as one table (for small files and tests; use iteration for big ones)."""

@@ -109,6 +109,10 @@ _AMBIG = np.int64(1) << 62
 STOP_DONE = 0
 STOP_FLOWS_FULL = 1
 
+CLASS_NEW = 0
+CLASS_RETX = 1
+CLASS_OOO = 2
+
 # chunk-output columns: rtt samples (int64 block, 5 rows) and bins (int64 block, 7 rows)
 RTT_COLS = ("flow", "ts_ns", "rtt_ns", "kind", "dir")
 BIN_COLS = ("flow", "dir", "bin", "goodput_bytes", "payload_bytes", "retransmissions", "packets")
@@ -319,13 +323,14 @@ def _emit_rtt(rtt, nr, f, ts, value, kind, d, S):
 @kernel
 def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip_max,
               H, A, S, R, n_flows, ring,
-              out_flow, out_dir, out_soff, out_snip, rtt, bins, nr0, nb0):
+              out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr0, nb0):
     """Analyse rows ``row0..`` of a packet-table chunk (blocks as in packets.py).
 
     ``data``/``data_off``: the chunk's raw bytes and their absolute offset (QUIC first bytes).
     Writes per row: ``out_flow`` (-1: not a TCP/UDP flow packet), ``out_dir`` (0 A->B),
     ``out_soff`` (TCP: byte offset of the payload in its direction's stream), ``out_snip``
-    (1: keep this payload for handshake parsing). Appends RTT samples to ``rtt`` from column
+    (1: keep this payload for handshake parsing), ``out_good`` (unique payload bytes the row
+    delivered), ``out_class`` (CLASS_*: retransmission / out-of-order). Appends RTT samples to ``rtt`` from column
     ``nr0`` and finished bins to ``bins`` from ``nb0``.
 
     Returns (next row, n_flows, nr, nb, stop): STOP_FLOWS_FULL asks the caller to grow the
@@ -340,6 +345,8 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
         out_dir[r] = 0
         out_soff[r] = -1
         out_snip[r] = 0
+        out_good[r] = 0
+        out_class[r] = CLASS_NEW
         proto = np.int64(u8[1, r])
         if u8[2, r] != 0 or (proto != 6 and proto != 17) or u8[3, r] == 2 or u8[0, r] == 0:
             continue
@@ -389,6 +396,7 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
         if proto == 17:
             good = plen
             S[D_UNIQUE + d, f] += plen
+            out_good[r] = plen
             # QUIC (RFC 9000 sec 17): long header = first bit set; Initial type bits 00 (v1,
             # drafts) or 01 (v2, RFC 9369 sec 3.2); version 0 is Version Negotiation
             if pcap >= 5 and poff >= 0 and poff + 5 <= data.shape[0]:
@@ -478,12 +486,15 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
                     # fast retransmission (RFC 5681 sec 3.2) answering the duplicate ACKs
                     S[D_RETX + d, f] += 1
                     retx = 1
+                    out_class[r] = CLASS_RETX
                 elif ts - S[D_MAX_TS + d, f] < _ooo_threshold(S, f, ooo_ns) and end != mx:
                     # arrived soon after the highest segment and is not a copy of it: reordering
                     S[D_OOO + d, f] += 1
+                    out_class[r] = CLASS_OOO
                 else:
                     S[D_RETX + d, f] += 1
                     retx = 1
+                    out_class[r] = CLASS_RETX
                 # Karn (RFC 6298 sec 3): a segment sent more than once gives only ambiguous samples
                 _ring_retransmit(R, S, f, d, ring, rel, end, ts)
                 if end > mx:
@@ -514,6 +525,7 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
                 if good < 0:
                     good = 0
             S[D_UNIQUE + d, f] += good
+            out_good[r] = good
         # ---- ACK side: what d says about the other direction's data ------------------------
         if (flags & _TCP_ACK) and S[D_HAS_BASE + o, f] == 1:
             ack_rel = S[D_LAST_UNW + o, f] + (((ack - S[D_LAST_RAW + o, f] + _HALF) % _MOD) - _HALF)

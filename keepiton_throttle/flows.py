@@ -142,6 +142,21 @@ def _endpoint(hi: int, lo: int, version: int, port: int) -> str:
     return f"[{addr}]:{int(port)}" if int(version) == 6 else f"{addr}:{int(port)}"
 
 
+@dataclass(frozen=True)
+class RowFlows:
+    """Per-row results of the flow pass for one chunk.
+
+    ``flow``: flow id (-1: not part of a TCP/UDP flow); ``dir``: 0 if the row went from the
+    flow's endpoint A (the first packet's source) to B; ``good``: unique payload bytes it
+    delivered; ``cls``: 0 new data / ACK, 1 retransmission, 2 out of order.
+    """
+
+    flow: npt.NDArray[np.int64]
+    dir: npt.NDArray[np.uint8]
+    good: npt.NDArray[np.int64]
+    cls: npt.NDArray[np.uint8]
+
+
 @dataclass
 class _Snippets:
     """Payload bytes kept for handshake parsing: per (flow, dir) a list of (stream offset, bytes)."""
@@ -188,8 +203,8 @@ class FlowBuilder:
         self._H = np.zeros(4 * cap, dtype=np.int64)
         K.rehash(self._H, self._A, self._S, self.n_flows)
 
-    def add(self, chunk: Chunk) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
-        """Analyse one chunk. Returns per-row (flow id or -1, direction 0 A->B / 1 B->A)."""
+    def add(self, chunk: Chunk) -> RowFlows:
+        """Analyse one chunk. Returns what the pass said about each of its rows."""
         if self._finished:
             raise RuntimeError("FlowBuilder.add after finish")
         t = chunk.table
@@ -199,6 +214,8 @@ class FlowBuilder:
         out_dir = np.empty(n, dtype=np.uint8)
         out_soff = np.empty(n, dtype=np.int64)
         out_snip = np.empty(n, dtype=np.uint8)
+        out_good = np.empty(n, dtype=np.int64)
+        out_class = np.empty(n, dtype=np.uint8)
         rtt = np.empty((5, 2 * n + 16), dtype=np.int64)
         bins = np.empty((7, n + 16), dtype=np.int64)
         row, nr, nb = 0, 0, 0
@@ -208,7 +225,7 @@ class FlowBuilder:
                 i64, u64, u32, u16, u8, row, chunk.data, chunk.data_offset,
                 self.bin_ns, self.ooo_ns, self.snip_max,
                 self._H, self._A, self._S, self._R, self.n_flows, self.ring,
-                out_flow, out_dir, out_soff, out_snip, rtt, bins, nr, nb)
+                out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr, nb)
             if stop == K.STOP_DONE:
                 break
             self._grow()
@@ -226,7 +243,7 @@ class FlowBuilder:
                 lo = int(poff[k])
                 self._snips.add(int(out_flow[r]), int(out_dir[r]), int(out_soff[r]),
                                 data[lo : lo + int(pcap[k])].tobytes())
-        return out_flow, out_dir
+        return RowFlows(out_flow, out_dir, out_good, out_class)
 
     def finish(self) -> tuple[FlowTable, TimingSeries]:
         """Close open intervals and bins; build the flow table and its timing series."""
@@ -273,6 +290,7 @@ def _orient(S: npt.NDArray[np.int64], A: npt.NDArray[np.uint64],
         "client_port": np.where(a_is_client, S[K.F_PORT_A], S[K.F_PORT_B]),
         "server_port": np.where(a_is_client, S[K.F_PORT_B], S[K.F_PORT_A]),
         "role_source": S[K.F_ROLE_SRC].astype(np.uint8),
+        "client_dir": client.copy(),  # A/B direction index of client -> server packets
         "first_ts": S[K.F_FIRST_TS].copy(),
         "last_ts": S[K.F_LAST_TS].copy(),
         "syn_ts": S[K.F_SYN_TS].copy(),

@@ -203,3 +203,27 @@ def summarize_rtt(values_ns: npt.NDArray[np.int64]) -> dict[str, Any]:
         "rtt_ms_min": float(v.min()),
         "rtt_samples": int(v.size),
     }
+
+
+@dataclass(frozen=True)
+class FlowTrace:
+    """Per-packet record of one flow (both directions), for characterisation.
+
+    ``up``: True for client -> server packets; ``payload``: transport payload bytes on the wire;
+    ``good``: unique payload bytes the packet delivered; ``retx``: a retransmission.
+    """
+
+    ts_ns: npt.NDArray[np.int64]
+    up: npt.NDArray[np.bool_]
+    payload: npt.NDArray[np.int64]
+    good: npt.NDArray[np.int64]
+    retx: npt.NDArray[np.bool_]
+
+    def direction(self, *, up: bool) -> FlowTrace:
+        m = self.up == up
+        return FlowTrace(self.ts_ns[m], self.up[m], self.payload[m], self.good[m], self.retx[m])
+
+    def data(self) -> FlowTrace:
+        """Only packets that carried payload."""
+        m = self.payload > 0
+        return FlowTrace(self.ts_ns[m], self.up[m], self.payload[m], self.good[m], self.retx[m])

@@ -89,7 +89,8 @@ D_LAST_DATA_TS = _D + 88
 D_WINLIM_UNKNOWN = _D + 90  # receive window seen without a known scale
 D_DUPACK_RUN = _D + 92  # consecutive duplicate ACKs sent by d (reset when the ACK advances)
 D_ACK_TS = _D + 94  # time of d's last ACK
-N_FIELDS = _D + 96
+D_TS_PREV = _D + 96  # TSval of d's previous segment, -1 none: a TSval is timed from its first one
+N_FIELDS = _D + 98
 
 ROLE_FIRST = 0  # the source of the first packet is taken for the client
 ROLE_PORT = 1  # the lower (well-known) port is the server
@@ -194,7 +195,7 @@ def _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, ipv, encap, ts):
         S[k, f] = -1
     for d in range(2):
         for k in (D_ACK_REL, D_ACK_RAW, D_WS, D_WIN_BYTES, D_ZW_SINCE, D_RWL_SINCE, D_TS_TS,
-                  D_SPIN_LAST, D_BIN, D_MIN_RTT, D_FIRST_DATA_TS, D_LAST_DATA_TS):
+                  D_TS_PREV, D_SPIN_LAST, D_BIN, D_MIN_RTT, D_FIRST_DATA_TS, D_LAST_DATA_TS):
             S[k + d, f] = -1
     # client/server by port (RFC 6335 ranges: the lower, well-known port is the service);
     # TCP SYNs and QUIC Initials override this later with stronger evidence
@@ -218,9 +219,15 @@ def _set_role(S, f, client_dir, src):
 
 @kernel
 def _unwrap(S, f, d, raw):
-    """Sequence number ``raw`` (u32) of direction d -> int64 offset from the first one seen."""
-    delta = ((raw - S[D_LAST_RAW + d, f] + _HALF) % _MOD) - _HALF
-    return S[D_LAST_UNW + d, f] + delta
+    """Sequence number ``raw`` (u32) of direction d -> int64 offset from the first one seen.
+
+    The offset nearest to d's highest sequence sent: a valid segment is within a window
+    (< 2^30, RFC 7323 sec 2.3) of it, so an out-of-window one (a blind reset, RFC 5961) does
+    not move the reference of the segments after it.
+    """
+    top = S[D_MAX_END + d, f]
+    delta = ((raw - (S[D_BASE + d, f] + top) + _HALF) % _MOD) - _HALF
+    return top + delta
 
 
 @kernel
@@ -405,6 +412,11 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
                     ver = (np.int64(data[poff + 1]) << 24) | (np.int64(data[poff + 2]) << 16) | (np.int64(data[poff + 3]) << 8) | np.int64(data[poff + 4])
                     ptype = (b0 >> 4) & 3
                     initial = ver != 0 and ((ver != _QUIC_V2 and ptype == 0) or (ver == _QUIC_V2 and ptype == 1))
+                    # a client's Initial has the fixed bit (RFC 9000 sec 17.2) and fills a datagram of
+                    # at least 1200 bytes (sec 14.1): a first "Initial" without both is not QUIC (one
+                    # DNS query in 8 starts with such a byte)
+                    if initial and S[F_QUIC_CI_TS, f] < 0 and ((b0 & 0x40) == 0 or plen < 1200):
+                        initial = False
                     if initial and (S[F_QUIC_CI_TS, f] < 0 or S[F_CLIENT, f] == d):
                         if S[F_QUIC_CI_TS, f] < 0:
                             S[F_QUIC_CI_TS, f] = ts
@@ -528,7 +540,7 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
             out_good[r] = good
         # ---- ACK side: what d says about the other direction's data ------------------------
         if (flags & _TCP_ACK) and S[D_HAS_BASE + o, f] == 1:
-            ack_rel = S[D_LAST_UNW + o, f] + (((ack - S[D_LAST_RAW + o, f] + _HALF) % _MOD) - _HALF)
+            ack_rel = _unwrap(S, f, o, ack)
             base_o = o * 2 * ring
             h = S[D_RING_HEAD + o, f]
             cnt = S[D_RING_N + o, f]
@@ -558,7 +570,7 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
             # SACK (RFC 2018): a block above the cumulative ACK reports a hole (a loss)
             if opts & _OPT_SACK:
                 sle = np.int64(u32[8, r])
-                sle_rel = S[D_LAST_UNW + o, f] + (((sle - S[D_LAST_RAW + o, f] + _HALF) % _MOD) - _HALF)
+                sle_rel = _unwrap(S, f, o, sle)
                 if sle_rel > ack_rel:
                     if S[D_SACK_ACTIVE + d, f] == 0:
                         S[D_SACK_EVENTS + d, f] += 1
@@ -573,7 +585,8 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
             # never applied to the SYN segments themselves)
             if not syn:
                 if S[D_WS + d, f] >= 0 and S[D_WS + o, f] >= 0:
-                    S[D_WIN_BYTES + d, f] = win << S[D_WS + d, f]
+                    # a shift above 14 is used as 14 (RFC 7323 sec 2.3)
+                    S[D_WIN_BYTES + d, f] = win << min(S[D_WS + d, f], 14)
                 elif S[D_SYN_SEEN + d, f] == 1 and S[D_SYN_SEEN + o, f] == 1:
                     S[D_WIN_BYTES + d, f] = win
                 else:
@@ -607,9 +620,12 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
                     S[D_TS_TS + o, f] = -1
                 elif diff > 0:
                     S[D_TS_TS + o, f] = -1  # a later value was echoed first: no clean sample
-            if S[D_TS_TS + d, f] < 0 and tsval != S[D_TS_VAL + d, f]:
+            # TSvals never decrease (RFC 7323 sec 5.4): a value differing from the previous
+            # segment's is sent for the first time, the only time to start timing it
+            if S[D_TS_TS + d, f] < 0 and tsval != S[D_TS_PREV + d, f]:
                 S[D_TS_VAL + d, f] = tsval
                 S[D_TS_TS + d, f] = ts
+            S[D_TS_PREV + d, f] = tsval
         if fin:
             S[D_FIN + d, f] = 1
         if rst:

@@ -112,7 +112,15 @@ class TimingSeries:
               n_flows: int) -> TimingSeries:
         if bins.shape[1]:
             order = np.lexsort((bins[2], bins[1], bins[0]))
-            bins = np.ascontiguousarray(bins[:, order])
+            bins = bins[:, order]
+            # when capture timestamps step back (a clock step, merged interfaces) the kernel
+            # emits a bin twice: add the parts, so that each (flow, dir, bin) appears once
+            first = np.ones(bins.shape[1], dtype=bool)
+            first[1:] = (bins[:3, 1:] != bins[:3, :-1]).any(axis=0)
+            if not first.all():
+                starts = np.flatnonzero(first)
+                bins = np.vstack([bins[:3, starts], np.add.reduceat(bins[3:], starts, axis=1)])
+            bins = np.ascontiguousarray(bins)
         if rtts.shape[1]:
             order = np.lexsort((rtts[1], rtts[0]))
             rtts = np.ascontiguousarray(rtts[:, order])
@@ -210,7 +218,8 @@ class FlowTrace:
     """Per-packet record of one flow (both directions), for characterisation.
 
     ``up``: True for client -> server packets; ``payload``: transport payload bytes on the wire;
-    ``good``: unique payload bytes the packet delivered; ``retx``: a retransmission.
+    ``good``: unique payload bytes the packet delivered; ``retx``: a retransmission; ``wire``:
+    the frame's length on the wire (what a policer or shaper meters, retransmissions included).
     """
 
     ts_ns: npt.NDArray[np.int64]
@@ -218,12 +227,15 @@ class FlowTrace:
     payload: npt.NDArray[np.int64]
     good: npt.NDArray[np.int64]
     retx: npt.NDArray[np.bool_]
+    wire: npt.NDArray[np.int64]
+
+    def _select(self, m: npt.NDArray[np.bool_]) -> FlowTrace:
+        return FlowTrace(self.ts_ns[m], self.up[m], self.payload[m], self.good[m], self.retx[m],
+                         self.wire[m])
 
     def direction(self, *, up: bool) -> FlowTrace:
-        m = self.up == up
-        return FlowTrace(self.ts_ns[m], self.up[m], self.payload[m], self.good[m], self.retx[m])
+        return self._select(self.up == up)
 
     def data(self) -> FlowTrace:
         """Only packets that carried payload."""
-        m = self.payload > 0
-        return FlowTrace(self.ts_ns[m], self.up[m], self.payload[m], self.good[m], self.retx[m])
+        return self._select(self.payload > 0)

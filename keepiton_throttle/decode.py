@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import kernel
+from .config import flat_kernel, inline_kernel
 
 # Stop codes.
 STOP_NEED_MORE = 0
@@ -85,12 +85,12 @@ _NET_IPV6 = 6
 _NET_IP_ANY = 1  # raw IP: look at the version nibble
 
 
-@kernel
+@flat_kernel
 def _be16(b, i):
     return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
-@kernel
+@flat_kernel
 def _be32(b, i):
     return (
         (np.int64(b[i]) << 24)
@@ -100,7 +100,7 @@ def _be32(b, i):
     )
 
 
-@kernel
+@flat_kernel
 def _le32(b, i):
     return (
         (np.int64(b[i + 3]) << 24)
@@ -110,7 +110,7 @@ def _le32(b, i):
     )
 
 
-@kernel
+@flat_kernel
 def _rd32(b, i, swapped):
     """32-bit field in the file's byte order (``swapped``: big-endian file)."""
     if swapped:
@@ -118,21 +118,21 @@ def _rd32(b, i, swapped):
     return _le32(b, i)
 
 
-@kernel
+@flat_kernel
 def _rd16(b, i, swapped):
     if swapped:
         return _be16(b, i)
     return (np.int64(b[i + 1]) << 8) | np.int64(b[i])
 
 
-@kernel
+@flat_kernel
 def _be64(b, i):
     hi = np.uint64(_be32(b, i))
     lo = np.uint64(_be32(b, i + 4))
     return (hi << np.uint64(32)) | lo
 
 
-@kernel
+@flat_kernel
 def _ts_to_ns(ts, kind, exp):
     """pcapng timestamp in units of 10^-exp or 2^-exp s -> ns (integer arithmetic)."""
     if kind == TSRES_DEC:
@@ -155,7 +155,7 @@ def _ts_to_ns(ts, kind, exp):
     return np.int64(np.float64(ts) / (2.0**exp) * 1e9)
 
 
-@kernel
+@inline_kernel
 def _clear_row(i64, u64, u32, u16, u8, r):
     for k in range(i64.shape[0]):
         i64[k, r] = 0
@@ -171,13 +171,13 @@ def _clear_row(i64, u64, u32, u16, u8, r):
     u8[_B_WS, r] = 255
 
 
-@kernel
+@flat_kernel
 def _ethertype_walk(b, off, end):
     """Follow the ethertype at ``b[off-2:off]`` (Ethernet, SLL) through VLAN tags and PPPoE."""
     return _ethertype_walk_at(b, _be16(b, off - 2), off, end)
 
 
-@kernel
+@flat_kernel
 def _ppp_walk(b, off, end):
     """PPP (RFC 1661), optionally in HDLC-like framing (RFC 1662: FF 03 first)."""
     if off + 2 <= end and b[off] == 0xFF and b[off + 1] == 0x03:
@@ -199,7 +199,7 @@ def _ppp_walk(b, off, end):
     return _NET_NONE, off, _UNSUP, -1
 
 
-@kernel
+@inline_kernel
 def _link_walk(b, off, end, linktype):
     """Strip the link layer. Returns ``(net_kind, network header offset, status)``."""
     if linktype == 1:  # Ethernet
@@ -239,7 +239,7 @@ def _link_walk(b, off, end, linktype):
     return _NET_NONE, off, _UNSUP, -1
 
 
-@kernel
+@flat_kernel
 def _ethertype_walk_at(b, et, off, end):
     """Follow ethertype ``et`` whose payload starts at ``off`` through VLAN tags and PPPoE."""
     depth = 0
@@ -272,7 +272,7 @@ def _ethertype_walk_at(b, et, off, end):
     return _NET_NONE, off, _UNSUP, -1
 
 
-@kernel
+@inline_kernel
 def _tcp_options(b, off, end, u32, u16, u8, r):
     """Parse TCP options in ``b[off:end]`` (RFC 9293 sec 3.2). Returns a status."""
     opts = 0
@@ -315,7 +315,7 @@ def _tcp_options(b, off, end, u32, u16, u8, r):
     return _OK
 
 
-@kernel
+@inline_kernel
 def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
     """Decode IP + transport at ``b[off:end]`` into row ``r``.
 
@@ -448,13 +448,10 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
         u16[_H_WIN, r] = _be16(b, l4 + 14)
         if doff < 20 or l4 + doff > l4_wire_end:
             return _MALF, 0, 0, 0, 0
-        st = _OK
         hend = l4 + doff
+        st = _tcp_options(b, l4 + 20, hend if hend <= cap_end else cap_end, u32, u16, u8, r)
         if hend > cap_end:
-            st = _tcp_options(b, l4 + 20, cap_end, u32, u16, u8, r)
             st = _TRUNC
-        else:
-            st = _tcp_options(b, l4 + 20, hend, u32, u16, u8, r)
         u32[_W_PLEN, r] = l4_wire_end - hend
         if hend < cap_end:
             i64[_I_POFF, r] = base_off + hend
@@ -528,7 +525,7 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
     return _OK, 0, 0, 0, 0
 
 
-@kernel
+@inline_kernel
 def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i64, u64, u32, u16, u8, r):
     """Decode one frame into row ``r`` (and ``r + 1`` for a tunnel). Returns rows written."""
     _clear_row(i64, u64, u32, u16, u8, r)
@@ -543,51 +540,47 @@ def _decode_frame(b, off, end, wirelen, linktype, iface, ts, frame, base_off, i6
     if wire_end < end:
         wire_end = end
     net, noff, st, limit = _link_walk(b, off, end, linktype)
-    if limit >= 0:
-        if noff + limit < end:
-            end = noff + limit
-        if noff + limit < wire_end:
-            wire_end = noff + limit
-    if net == _NET_NONE:
-        u8[_B_STATUS, r] = st
-        return 1
-    st, tk, toff, tend, twire = _decode_ip(b, noff, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r)
-    u8[_B_STATUS, r] = st
-    if tk == 0:
-        return 1
-    # One level of tunnel: decode the inner packet into the next row.
-    r2 = r + 1
-    _clear_row(i64, u64, u32, u16, u8, r2)
-    i64[_I_TS, r2] = ts
-    i64[_I_FRAME, r2] = frame
-    u32[_W_CAP, r2] = caplen  # the record's, even where PPPoE's LENGTH cut `end` short
-    u32[_W_WIRE, r2] = wirelen
-    u16[_H_IFACE, r2] = iface
-    u16[_H_LINK, r2] = linktype
-    u8[_B_ENCAP, r2] = 1
-    if tk == 1:
-        if toff + 14 > tend:
-            u8[_B_STATUS, r2] = _TRUNC
-            return 2
-        net2, noff2, st2, limit2 = _ethertype_walk(b, toff + 14, tend)
-    elif tk == 9:
-        net2, noff2, st2, limit2 = _ppp_walk(b, toff, tend)
-    else:
-        net2, noff2, st2, limit2 = tk, toff, _OK, -1
-    if limit2 >= 0:
-        if noff2 + limit2 < tend:
-            tend = noff2 + limit2
-        if noff2 + limit2 < twire:
-            twire = noff2 + limit2
-    if net2 == _NET_NONE:
-        # the tunnel carries something we do not decode (e.g. PPP control): no inner row
-        return 1
-    st2, _, _, _, _ = _decode_ip(b, noff2, tend, twire, net2, base_off, i64, u64, u32, u16, u8, r2)
-    u8[_B_STATUS, r2] = st2
+    row = r
+    # Level 0 is the frame's packet; level 1 the packet inside its tunnel, if any (one level).
+    for level in range(2):
+        if limit >= 0:
+            if noff + limit < end:
+                end = noff + limit
+            if noff + limit < wire_end:
+                wire_end = noff + limit
+        if net == _NET_NONE:
+            if level == 0:
+                u8[_B_STATUS, row] = st
+            # (level 1: the tunnel carries something we do not decode, e.g. PPP control: no row)
+            return 1
+        st, tk, toff, tend, twire = _decode_ip(b, noff, end, wire_end, net, base_off, i64, u64, u32, u16, u8, row)
+        u8[_B_STATUS, row] = st
+        if tk == 0 or level == 1:
+            return level + 1
+        row = r + 1
+        _clear_row(i64, u64, u32, u16, u8, row)
+        i64[_I_TS, row] = ts
+        i64[_I_FRAME, row] = frame
+        u32[_W_CAP, row] = caplen  # the record's, even where PPPoE's LENGTH cut `end` short
+        u32[_W_WIRE, row] = wirelen
+        u16[_H_IFACE, row] = iface
+        u16[_H_LINK, row] = linktype
+        u8[_B_ENCAP, row] = 1
+        if tk == 1:
+            if toff + 14 > tend:
+                u8[_B_STATUS, row] = _TRUNC
+                return 2
+            net, noff, st, limit = _ethertype_walk(b, toff + 14, tend)
+        elif tk == 9:
+            net, noff, st, limit = _ppp_walk(b, toff, tend)
+        else:
+            net, noff, st, limit = tk, toff, _OK, -1
+        end = tend
+        wire_end = twire
     return 2
 
 
-@kernel
+@flat_kernel
 def decode_records(buf, n_valid, base_off, fmt, swapped, snaplen, if_link, if_ts_kind, if_ts_exp, if_ts_off, if_snap, frame0, i64, u64, u32, u16, u8, row0):
     """Decode the records in ``buf[:n_valid]``.
 
@@ -615,7 +608,6 @@ def decode_records(buf, n_valid, base_off, fmt, swapped, snaplen, if_link, if_ts
     pos = 0
     rows = row0
     recs = 0
-    n_if = if_link.shape[0]
     max_rec = 262144 if snaplen < 262144 else snaplen
     while True:
         if rows + 2 > cap_rows:
@@ -640,73 +632,94 @@ def decode_records(buf, n_valid, base_off, fmt, swapped, snaplen, if_link, if_ts
             else:
                 ts += np.int64(frac)
             recs += 1
-            rows += _decode_frame(buf, pos + 16, pos + 16 + incl, orig, if_link[0], 0, ts, frame0 + recs, base_off, i64, u64, u32, u16, u8, rows)
-            pos += need
-            continue
-        # pcapng: block type, total length, body, total length (sec 3.1)
-        if pos + 12 > n_valid:
-            return pos, rows, recs, STOP_NEED_MORE, 12
-        btype = _rd32(buf, pos, swapped)
-        if btype == BT_SHB:
-            return pos, rows, recs, STOP_BLOCK, btype
-        blen = _rd32(buf, pos + 4, swapped)
-        if blen < 12 or (blen & 3) != 0:
-            return pos, rows, recs, STOP_CORRUPT, blen
-        if blen > 16 * 1024 * 1024:
-            return pos, rows, recs, STOP_CORRUPT, blen
-        if pos + blen > n_valid:
-            if blen > buf.shape[0]:
-                return pos, rows, recs, STOP_TOO_LARGE, blen
-            return pos, rows, recs, STOP_NEED_MORE, blen
-        if _rd32(buf, pos + blen - 4, swapped) != blen:
-            return pos, rows, recs, STOP_CORRUPT, blen
-        if btype == BT_IDB:
-            return pos, rows, recs, STOP_BLOCK, btype
-        if btype == BT_EPB or btype == BT_PB:
-            if blen < 32:
-                return pos, rows, recs, STOP_CORRUPT, blen
-            if btype == BT_EPB:
-                ifid = _rd32(buf, pos + 8, swapped)
-            else:
-                ifid = _rd16(buf, pos + 8, swapped)
-            tsh = _rd32(buf, pos + 12, swapped)
-            tsl = _rd32(buf, pos + 16, swapped)
-            incl = _rd32(buf, pos + 20, swapped)
-            orig = _rd32(buf, pos + 24, swapped)
-            if 28 + incl + 4 > blen:
-                return pos, rows, recs, STOP_CORRUPT, incl
-            recs += 1
-            if ifid >= n_if:
-                # packet for an interface that was never described: count, cannot decode
-                _clear_row(i64, u64, u32, u16, u8, rows)
-                i64[_I_FRAME, rows] = frame0 + recs
-                u32[_W_CAP, rows] = incl
-                u32[_W_WIRE, rows] = orig
-                u16[_H_IFACE, rows] = ifid if ifid < 65535 else 65535
-                u8[_B_STATUS, rows] = _MALF
-                rows += 1
-            else:
-                raw = (np.int64(tsh) << 32) | np.int64(tsl)
-                ts = _ts_to_ns(raw, if_ts_kind[ifid], if_ts_exp[ifid])
-                ts += np.int64(if_ts_off[ifid]) * np.int64(1_000_000_000)
-                rows += _decode_frame(buf, pos + 28, pos + 28 + incl, orig, if_link[ifid], ifid, ts, frame0 + recs, base_off, i64, u64, u32, u16, u8, rows)
-        elif btype == BT_SPB:
-            if blen < 16:
-                return pos, rows, recs, STOP_CORRUPT, blen
-            orig = _rd32(buf, pos + 8, swapped)
-            incl = blen - 16
-            if orig < incl:
-                incl = orig
-            if n_if > 0 and if_snap[0] > 0 and if_snap[0] < incl:
-                incl = if_snap[0]
-            recs += 1
-            if n_if == 0:
-                _clear_row(i64, u64, u32, u16, u8, rows)
-                i64[_I_FRAME, rows] = frame0 + recs
-                u8[_B_STATUS, rows] = _MALF
-                rows += 1
-            else:
-                # a Simple Packet Block has no timestamp (sec 4.4): ts stays 0
-                rows += _decode_frame(buf, pos + 12, pos + 12 + incl, orig, if_link[0], 0, np.int64(0), frame0 + recs, base_off, i64, u64, u32, u16, u8, rows)
-        # any other block (NRB, ISB, DSB, custom, ...) is skipped
-        pos += blen
+            # (one _decode_frame call site below: its body is inlined once)
+            fstart, ifid, step, packet = pos + 16, 0, need, 1
+        else:
+            # pcapng: block type, total length, body, total length (sec 3.1)
+            fstart, ifid, step, packet, ts, incl, orig = _pcapng_framing(buf, n_valid, pos, swapped, if_ts_kind, if_ts_exp, if_ts_off, if_snap)
+            if packet < 0:  # stop here: step is the stop code, incl its detail
+                return pos, rows, recs, step, incl
+            if packet > 0:
+                recs += 1
+        if packet == 1:
+            rows += _decode_frame(buf, fstart, fstart + incl, orig, if_link[ifid], ifid, ts, frame0 + recs, base_off, i64, u64, u32, u16, u8, rows)
+        elif packet == 2:
+            # packet for an interface that was never described: count, cannot decode
+            _orphan_row(i64, u64, u32, u16, u8, rows, frame0 + recs, incl, orig, ifid)
+            rows += 1
+        pos += step
+
+
+@inline_kernel
+def _pcapng_framing(buf, n_valid, pos, swapped, if_ts_kind, if_ts_exp, if_ts_off, if_snap):
+    """Frame the pcapng block at ``pos`` (draft-ietf-opsawg-pcapng sec 3.1, 4.3, 4.4, 4.6).
+
+    Returns ``(frame start, interface, block length, packet, ts, incl, orig)``; ``packet`` is 1
+    for a packet to decode, 2 for a packet of an undescribed interface, 0 for a block to skip,
+    -1 to stop (then the block-length slot holds the stop code and ``incl`` its detail).
+    """
+    z = np.int64(0)
+    if pos + 12 > n_valid:
+        return z, z, np.int64(STOP_NEED_MORE), np.int64(-1), z, np.int64(12), z
+    btype = _rd32(buf, pos, swapped)
+    if btype == BT_SHB:
+        return z, z, np.int64(STOP_BLOCK), np.int64(-1), z, btype, z
+    blen = _rd32(buf, pos + 4, swapped)
+    if blen < 12 or (blen & 3) != 0:
+        return z, z, np.int64(STOP_CORRUPT), np.int64(-1), z, blen, z
+    if blen > 16 * 1024 * 1024:
+        return z, z, np.int64(STOP_CORRUPT), np.int64(-1), z, blen, z
+    if pos + blen > n_valid:
+        if blen > buf.shape[0]:
+            return z, z, np.int64(STOP_TOO_LARGE), np.int64(-1), z, blen, z
+        return z, z, np.int64(STOP_NEED_MORE), np.int64(-1), z, blen, z
+    if _rd32(buf, pos + blen - 4, swapped) != blen:
+        return z, z, np.int64(STOP_CORRUPT), np.int64(-1), z, blen, z
+    if btype == BT_IDB:
+        return z, z, np.int64(STOP_BLOCK), np.int64(-1), z, btype, z
+    n_if = if_ts_kind.shape[0]
+    if btype == BT_EPB or btype == BT_PB:
+        if blen < 32:
+            return z, z, np.int64(STOP_CORRUPT), np.int64(-1), z, blen, z
+        if btype == BT_EPB:
+            ifid = _rd32(buf, pos + 8, swapped)
+        else:
+            ifid = _rd16(buf, pos + 8, swapped)
+        tsh = _rd32(buf, pos + 12, swapped)
+        tsl = _rd32(buf, pos + 16, swapped)
+        incl = _rd32(buf, pos + 20, swapped)
+        orig = _rd32(buf, pos + 24, swapped)
+        if 28 + incl + 4 > blen:
+            return z, z, np.int64(STOP_CORRUPT), np.int64(-1), z, incl, z
+        if ifid >= n_if:
+            return z, (ifid if ifid < 65535 else np.int64(65535)), blen, np.int64(2), z, incl, orig
+        raw = (np.int64(tsh) << 32) | np.int64(tsl)
+        ts = _ts_to_ns(raw, if_ts_kind[ifid], if_ts_exp[ifid])
+        ts += np.int64(if_ts_off[ifid]) * np.int64(1_000_000_000)
+        return pos + 28, ifid, blen, np.int64(1), ts, incl, orig
+    if btype == BT_SPB:
+        if blen < 16:
+            return z, z, np.int64(STOP_CORRUPT), np.int64(-1), z, blen, z
+        orig = _rd32(buf, pos + 8, swapped)
+        incl = blen - 16
+        if orig < incl:
+            incl = orig
+        if n_if > 0 and if_snap[0] > 0 and if_snap[0] < incl:
+            incl = if_snap[0]
+        if n_if == 0:
+            return z, z, blen, np.int64(2), z, z, z
+        # a Simple Packet Block has no timestamp (sec 4.4): ts stays 0
+        return pos + 12, z, blen, np.int64(1), z, incl, orig
+    # any other block (NRB, ISB, DSB, custom, ...) is skipped
+    return z, z, blen, z, z, z, z
+
+
+@flat_kernel
+def _orphan_row(i64, u64, u32, u16, u8, r, frame, incl, orig, iface):
+    """A packet we count but cannot decode (no interface described for it): status malformed."""
+    _clear_row(i64, u64, u32, u16, u8, r)
+    i64[_I_FRAME, r] = frame
+    u32[_W_CAP, r] = incl
+    u32[_W_WIRE, r] = orig
+    u16[_H_IFACE, r] = iface
+    u8[_B_STATUS, r] = _MALF

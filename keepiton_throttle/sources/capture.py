@@ -150,17 +150,23 @@ class CaptureReader:
 
     Raises :class:`CaptureFormatError` when the file is not a capture we can read (on
     construction, after reading the header); damage further in is counted, not raised.
+
+    With ``reuse_buffers=True`` the reader decodes every chunk into the same read buffer and
+    output blocks, so a chunk (its table and its data) is valid only until the next one is
+    requested: for one-pass consumers such as :func:`keepiton_throttle.summary.summarize`, which
+    then skip the page faults of fresh memory for every chunk.
     """
 
     def __init__(
         self, path: str | os.PathLike[str], *, chunk_bytes: int = CHUNK_BYTES,
-        rows_per_chunk: int | None = None,
+        rows_per_chunk: int | None = None, reuse_buffers: bool = False,
     ) -> None:
         self.path = os.fspath(path)
         if chunk_bytes < 4096:
             raise ValueError(f"chunk_bytes must be at least 4096, got {chunk_bytes}")
         self.chunk_bytes = chunk_bytes
         self.rows_per_chunk = rows_per_chunk or max(chunk_bytes // 32, 1024)
+        self.reuse_buffers = reuse_buffers
         self.info = CaptureInfo(path=self.path)
         self.stats = ReadStats()
         try:
@@ -367,15 +373,23 @@ class CaptureReader:
         self._pending = b""
         need = 0
         ifs = self._iface_arrays()
+        reuse = self.reuse_buffers
+        buf = np.empty(0, dtype=np.uint8)
+        rows_blocks: dict[str, np.ndarray] = {}
         while True:
             size = max(self.chunk_bytes, need + 4096, carry.size + 4096)
-            buf = np.empty(size, dtype=np.uint8)
-            buf[: carry.size] = carry
+            if reuse and buf.size >= size:
+                buf[: carry.size] = carry  # the unread tail moves to the front (overlap-safe)
+            else:
+                fresh = np.empty(size, dtype=np.uint8)
+                fresh[: carry.size] = carry
+                buf = fresh
             got = self._readinto(memoryview(buf.data)[carry.size :])
             valid = carry.size + got
             base = carry_off
             pos = 0
-            rows_blocks = allocate_blocks(self.rows_per_chunk)
+            if not (reuse and rows_blocks):
+                rows_blocks = allocate_blocks(self.rows_per_chunk)
             rows = 0
             recs = 0
             stop_file = False
@@ -390,7 +404,8 @@ class CaptureReader:
                 recs += n
                 if stop == STOP_OUTPUT_FULL:
                     yield self._emit(rows_blocks, rows, recs, buf, base)
-                    rows_blocks = allocate_blocks(self.rows_per_chunk)
+                    if not reuse:
+                        rows_blocks = allocate_blocks(self.rows_per_chunk)
                     rows = 0
                     recs = 0
                     continue

@@ -41,15 +41,17 @@ SERVER_TO_CLIENT_SNAP = 128
 
 # (file stem, profile, transport, congestion control, target SNI, target bytes, control SNI, control bytes)
 SCENARIOS: list[tuple[str, str, str, str, str, int, str, int]] = [
-    ("sample-clean-tcp", "clean", "tcp", "cubic", "abs.twimg.com", 800_000, "cdn.jsdelivr.net", 800_000),
-    ("sample-clean-quic", "clean", "quic", "-", "video.twimg.com", 600_000, "www.example.org", 600_000),
-    ("sample-twitter-2021-tcp", "twitter-2021", "tcp", "bbr", "abs.twimg.com", 160_000, "cdn.jsdelivr.net", 800_000),
+    # controls (and unthrottled targets) last well over a second, so that they leave slow start
+    # and give the per-bin tests enough bins: what the live check does too
+    ("sample-clean-tcp", "clean", "tcp", "cubic", "abs.twimg.com", 3_000_000, "cdn.jsdelivr.net", 3_000_000),
+    ("sample-clean-quic", "clean", "quic", "-", "video.twimg.com", 2_000_000, "www.example.org", 2_000_000),
+    ("sample-twitter-2021-tcp", "twitter-2021", "tcp", "bbr", "abs.twimg.com", 160_000, "cdn.jsdelivr.net", 3_000_000),
     ("sample-twitter-2021-quic", "twitter-2021", "quic", "-", "video.twimg.com", 160_000,
-     "www.example.org", 600_000),
+     "www.example.org", 2_000_000),
     ("sample-youtube-2024-tcp", "youtube-2024", "tcp", "cubic", "rr4---sn-4g5e6nzz.googlevideo.com", 400_000,
-     "i.ytimg.com", 800_000),
-    ("sample-lossy-tcp", "lossy", "tcp", "cubic", "abs.twimg.com", 500_000, "cdn.jsdelivr.net", 500_000),
-    ("sample-slow-link-tcp", "slow-link", "tcp", "bbr", "abs.twimg.com", 500_000, "cdn.jsdelivr.net", 500_000),
+     "cdn.jsdelivr.net", 3_000_000),
+    ("sample-lossy-tcp", "lossy", "tcp", "cubic", "abs.twimg.com", 1_500_000, "cdn.jsdelivr.net", 1_500_000),
+    ("sample-slow-link-tcp", "slow-link", "tcp", "bbr", "abs.twimg.com", 1_500_000, "cdn.jsdelivr.net", 1_500_000),
 ]
 
 

@@ -61,7 +61,31 @@ def inline_kernel(fn: F) -> F:
     return _njit(fn, _nrt=False, forceinline=True)
 
 
+def _import_numba() -> None:
+    """Import Numba without the ~0.3-0.7 s it spends importing scipy.linalg at start-up.
+
+    ``numba.np.arraymath`` probes for BLAS at import (``_HAVE_BLAS``) by importing
+    ``scipy.linalg.cython_blas``, which drags in scipy.linalg and numpy.f2py; our kernels use
+    no BLAS, and that import is most of what a warm ``throttle-check inspect`` waits for. The
+    probe is made to fail only while Numba imports; scipy.linalg imports normally afterwards.
+    Set KEEPITON_NUMBA_BLAS=1 to let Numba probe as usual.
+    """
+    import sys
+
+    if "numba.np.arraymath" in sys.modules or "scipy.linalg" in sys.modules or os.environ.get(
+            "KEEPITON_NUMBA_BLAS") == "1":
+        return
+    key = "scipy.linalg.cython_blas"
+    sys.modules[key] = None  # type: ignore[assignment]
+    try:
+        import numba.np.arraymath  # noqa: F401
+    finally:
+        if key in sys.modules and sys.modules[key] is None:
+            del sys.modules[key]
+
+
 def _njit(fn: F, **extra: Any) -> F:
+    _import_numba()
     from numba import njit
 
     options: dict[str, Any] = {"cache": NUMBA_FLAGS["cache"], "nogil": NUMBA_FLAGS["nogil"], **extra}

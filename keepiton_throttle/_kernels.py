@@ -231,19 +231,25 @@ def _unwrap(S, f, d, raw):
 
 
 @kernel
+def _emit_bin(S, f, d, bins, nb):
+    """Append the current bin of (f, d) to ``bins`` at column ``nb``; return ``nb + 1``."""
+    bins[0, nb] = f
+    bins[1, nb] = d
+    bins[2, nb] = S[D_BIN + d, f]
+    bins[3, nb] = S[D_BIN_GOOD + d, f]
+    bins[4, nb] = S[D_BIN_PAY + d, f]
+    bins[5, nb] = S[D_BIN_RETX + d, f]
+    bins[6, nb] = S[D_BIN_PKTS + d, f]
+    return nb + 1
+
+
+@kernel
 def _bin_add(S, f, d, ts, bin_ns, good, pay, retx, bins, nb):
     """Accumulate into the current bin of (f, d); emit the previous bin when it changes."""
     b = (ts - S[F_FIRST_TS, f]) // bin_ns
     if b != S[D_BIN + d, f]:
         if S[D_BIN_PKTS + d, f] > 0:
-            bins[0, nb] = f
-            bins[1, nb] = d
-            bins[2, nb] = S[D_BIN + d, f]
-            bins[3, nb] = S[D_BIN_GOOD + d, f]
-            bins[4, nb] = S[D_BIN_PAY + d, f]
-            bins[5, nb] = S[D_BIN_RETX + d, f]
-            bins[6, nb] = S[D_BIN_PKTS + d, f]
-            nb += 1
+            nb = _emit_bin(S, f, d, bins, nb)
         S[D_BIN + d, f] = b
         S[D_BIN_GOOD + d, f] = 0
         S[D_BIN_PAY + d, f] = 0
@@ -647,14 +653,7 @@ def flush_bins(S, n_flows, bins):
         last = S[F_LAST_TS, f]
         for d in range(2):
             if S[D_BIN_PKTS + d, f] > 0:
-                bins[0, nb] = f
-                bins[1, nb] = d
-                bins[2, nb] = S[D_BIN + d, f]
-                bins[3, nb] = S[D_BIN_GOOD + d, f]
-                bins[4, nb] = S[D_BIN_PAY + d, f]
-                bins[5, nb] = S[D_BIN_RETX + d, f]
-                bins[6, nb] = S[D_BIN_PKTS + d, f]
-                nb += 1
+                nb = _emit_bin(S, f, d, bins, nb)
                 S[D_BIN_PKTS + d, f] = 0
             if S[D_ZW_SINCE + d, f] >= 0:
                 S[D_ZW_NS + d, f] += last - S[D_ZW_SINCE + d, f]

@@ -206,5 +206,233 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
         sys.exit(EXIT_INPUT)
 
 
+EXIT_THROTTLED = 3
+
+
+def _fmt_rate(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1e6:.2f} Mb/s" if v >= 1e6 else f"{v / 1e3:.0f} kb/s"
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, metavar="FILE|DIR|GLOB...")
+@click.option("--target", "target_names", multiple=True, metavar="NAME",
+              help="Only this target from the targets list (repeatable); reported even without flows.")
+@click.option("--target-sni", "target_snis", multiple=True, metavar="PATTERN",
+              help="An ad hoc target given by an SNI pattern, e.g. '*.twimg.com' (repeatable).")
+@click.option("--control-sni", "control_snis", multiple=True, metavar="PATTERN",
+              help="Use only flows matching this SNI pattern as controls (repeatable). "
+                   "Default: every flow with an SNI that matches no known target.")
+@click.option("--targets", "targets_files", multiple=True, type=click.Path(dir_okay=False),
+              help="A TOML targets file adding to (or overriding) the bundled list.")
+@click.option("--json", "as_json", is_flag=True, help="Write the versioned JSON report to stdout.")
+@click.option("--bin-ms", type=click.FloatRange(min=1.0), default=100.0, show_default=True,
+              help="Goodput bin width, ms.")
+@click.option("--alpha", type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True), default=0.01,
+              show_default=True, help="Significance level (after Benjamini-Hochberg).")
+@click.option("--max-ratio", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+              show_default=True, help="Throttled only if the target/control ratio's CI is below this.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the resampling tests.")
+@click.option("--fail-on-throttled", is_flag=True,
+              help=f"Exit with status {EXIT_THROTTLED} when any target is throttled.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="Files analysed in parallel (worker processes, or Dask workers). [default: all cores]")
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True,
+              help="local: a pool of worker processes; dask: dask.distributed (needs the 'cluster' extra).")
+@click.option("--scheduler", metavar="tcp://HOST:PORT",
+              help="With --engine dask: the scheduler of an existing cluster (default: a local "
+                   "cluster of --jobs workers). Workers must see the files at the same paths.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write flows and verdicts (per file and combined) as JSON Lines and Parquet, "
+                   "and each file's evidence, to DIR (needs the 'parquet' extra).")
+@click.option("--resume", is_flag=True,
+              help="With --out: skip files (by SHA-256 of their content) an earlier run into DIR finished.")
+@click.option("--per-file", is_flag=True, help="Also print each file's own verdicts (table output).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
+@click.option("--baseline", "baseline_name", metavar="NAME",
+              help="Compare with this stored baseline when the captures hold no usable control flow.")
+@click.option("--db", type=click.Path(dir_okay=False), metavar="PATH", envvar="KEEPITON_BASELINE_DB",
+              help="Baseline store for --baseline (default: $XDG_DATA_HOME/keepiton_throttle/"
+                   "baselines.sqlite3).")
+def analyze(files: tuple[str, ...], target_names: tuple[str, ...], target_snis: tuple[str, ...],
+            control_snis: tuple[str, ...], targets_files: tuple[str, ...], as_json: bool,
+            bin_ms: float, alpha: float, max_ratio: float, seed: int, fail_on_throttled: bool,
+            jobs: int | None, engine: str, scheduler: str | None, out_dir: str | None, resume: bool,
+            per_file: bool, quiet: bool, baseline_name: str | None, db: str | None) -> None:
+    """Decide, per target, whether capture FILES show it throttled.
+
+    \b
+    Flows whose SNI matches a target (bundled list: youtube, twitter, telegram, instagram,
+    facebook, whatsapp, tiktok, discord, signal) are compared with the other flows of the
+    captures (controls): per-bin goodput with KS and Mann-Whitney tests and a bootstrap CI of
+    the target/control goodput ratio. For throttled targets it estimates the mechanism
+    (policing, shaping, stall), the rate, the burst and the onset. Decisions: throttled,
+    not_throttled, inconclusive (with reasons). See docs/METHODOLOGY.md.
+
+    \b
+    Many files: directories are searched recursively for *.pcap, *.pcapng, *.cap (also .gz)
+    and glob patterns are expanded ('captures/**/*.pcapng'); files are analysed in parallel
+    and the verdicts pool the evidence of all of them. A file that cannot be read is reported
+    and skipped; the others are analysed all the same (exit status 2).
+    \b
+    Exit status: 0 done; 1 could not run; 2 bad usage or unreadable input;
+    3 a target is throttled (only with --fail-on-throttled).
+    """
+    import contextlib
+    import time
+
+    from .analysis import DetectionConfig, resolve_roles
+    from .batch import ERROR_INPUT, MissingExtraError, Progress, expand_inputs, run_batch
+    from .errors import InputError, ThrottleError
+    from .report import analysis_json
+    from .targets import adhoc_target, load_targets
+
+    if resume and not out_dir:
+        raise click.UsageError("--resume needs --out DIR (the directory of the earlier run)")
+    if scheduler and engine != "dask":
+        raise click.UsageError("--scheduler needs --engine dask")
+    if per_file and as_json:
+        raise click.UsageError("--per-file is for the table; with --json, per-file verdicts are in "
+                               "--out DIR/verdicts.jsonl")
+    try:
+        tmap = load_targets(list(targets_files))
+        adhoc = [adhoc_target(p) for p in target_snis]
+        for t in adhoc:
+            tmap[t.name] = t
+        only: list[str] | None = None
+        if target_names:
+            only = list(target_names) + [t.name for t in adhoc]
+        elif adhoc:
+            only = [t.name for t in adhoc]
+        cfg = DetectionConfig(bin_ns=int(bin_ms * 1e6), alpha=alpha, max_ratio=max_ratio,
+                              clean_ratio=max(0.7, max_ratio), seed=seed)
+    except (InputError, ValueError) as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        roles = resolve_roles(tmap, control_patterns=list(control_snis) or None, only_targets=only)
+    except InputError as exc:
+        _input_error("", str(exc))
+        sys.exit(EXIT_INPUT)
+    baseline = None
+    if baseline_name is not None:
+        from .baseline import open_baseline
+
+        try:
+            baseline = open_baseline(baseline_name, db=db)
+        except InputError as exc:
+            _input_error("", str(exc))
+            sys.exit(EXIT_INPUT)
+    paths, problems = expand_inputs(files)
+    for arg, message in problems:
+        _input_error(arg, message)
+
+    show_bar = not quiet and sys.stderr.isatty()
+    with contextlib.ExitStack() as stack:
+        bar: Any = None
+        first: list[float] = []  # time, bytes, packets at the first progress (workers started)
+
+        def on_progress(p: Progress) -> None:
+            nonlocal bar
+            if bar is None:
+                if p.bytes_total <= 0:
+                    return
+                bar = stack.enter_context(click.progressbar(
+                    length=p.bytes_total, label="analysing", file=sys.stderr, show_eta=False,
+                    item_show_func=lambda s: s))
+            now = time.monotonic()
+            if not first and p.bytes_done:
+                first.extend((now, p.bytes_done, p.packets))
+            info = f"{p.files_done}/{p.files_total} files"
+            if first and now - first[0] > 0.5:
+                dt = now - first[0]
+                byte_rate = (p.bytes_done - first[1]) / dt
+                info += f", {(p.packets - first[2]) / dt / 1e3:,.0f} kpkt/s"
+                if byte_rate > 0 and p.bytes_done < p.bytes_total:
+                    eta = int((p.bytes_total - p.bytes_done) / byte_rate)
+                    info += f", ETA {eta // 3600:d}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+            step = p.bytes_done - bar.pos
+            bar.update(step, info)
+            if step == 0:  # a file finished without new bytes: show the count all the same
+                bar.render_progress()
+
+        try:
+            result = run_batch(paths, roles, cfg, jobs=jobs, engine=engine, scheduler=scheduler,
+                               out_dir=out_dir, resume=resume, per_file=per_file, baseline=baseline,
+                               report_empty=only is not None,
+                               progress=on_progress if show_bar else None,
+                               generated_at=datetime.now(UTC).isoformat())
+        except MissingExtraError as exc:
+            raise click.ClickException(str(exc)) from None
+        except (ThrottleError, OSError) as exc:
+            raise click.ClickException(str(exc)) from None
+    report = result.combined
+    if as_json:
+        click.echo(json.dumps(analysis_json(report, generated_at=datetime.now(UTC).isoformat()),
+                              indent=1))
+    else:
+        _print_verdicts(report)
+        if per_file:
+            for f in result.files:
+                if f.report is not None:
+                    click.echo(f"\n== {f.path}" + (" (resumed)" if f.status == "resumed" else ""))
+                    _print_verdicts(f.report)
+    for f in result.errors:
+        _input_error(f.path, f.error or "could not be analysed")
+    if not quiet and out_dir and not as_json:
+        resumed = sum(f.status == "resumed" for f in result.files)
+        click.echo(f"wrote {out_dir}: {len(result.files) - len(result.errors)} file(s) "
+                   f"({resumed} resumed), {len(result.errors)} failed", err=True)
+    if any(f.error_kind != ERROR_INPUT for f in result.errors):
+        sys.exit(EXIT_ERROR)
+    if problems or result.errors:
+        sys.exit(EXIT_INPUT)
+    if fail_on_throttled and any(v.decision == "throttled" for v in report.targets):
+        sys.exit(EXIT_THROTTLED)
+
+
+def _fmt_ratio(r: float) -> str:
+    """Three decimals, or two significant digits below 0.01 (a 130 kbit/s target against
+    50 Mbit/s controls is 0.0026, not 0.000)."""
+    return f"{r:.3f}" if r >= 0.01 or r == 0 else f"{r:.2g}"
+
+
+def _print_verdicts(report: Any) -> None:
+    for c in report.captures:
+        note = f", {c.damaged} damaged" if c.damaged else ""
+        click.echo(f"{c.file}: {c.packets:,} packets, {c.flows:,} flows{note}")
+    if not report.targets:
+        click.echo("No target flow found (targets are matched by TLS/QUIC SNI; see --target-sni).")
+        return
+    click.echo("")
+    head = f"{'target':<14}{'proto':<6}{'decision':<15}{'mechanism':<10}{'rate':>11}{'onset':>10}{'ratio':>8}  {'95% CI':<17}{'p':>9}"
+    click.echo(head)
+    for v in report.targets:
+        onset = "-" if v.onset_bytes is None else f"{v.onset_bytes / 1000:.0f} kB"
+        ratio = "-" if v.ratio is None else _fmt_ratio(v.ratio)
+        ci = "-" if not v.ratio_ci else f"[{_fmt_ratio(v.ratio_ci[0])}, {_fmt_ratio(v.ratio_ci[1])}]"
+        p = "-" if v.p_value is None else f"{v.p_value:.1e}"
+        click.echo(f"{v.target[:13]:<14}{v.transport:<6}{v.decision:<15}{v.mechanism:<10}"
+                   f"{_fmt_rate(v.rate_bps):>11}{onset:>10}{ratio:>8}  {ci:<17}{p:>9}")
+    click.echo("")
+    for v in report.targets:
+        click.echo(f"{v.target} ({v.transport}): {len(v.flows)} target flow(s), "
+                   f"{len(v.control_flows)} control flow(s); target {_fmt_rate(v.target_goodput_bps)}, "
+                   f"controls {_fmt_rate(v.control_goodput_bps)}; reasons: {', '.join(v.reasons) or '-'}")
+
+
+def _register_optional() -> None:
+    from .baseline import baseline_group
+    from .bench import bench_command
+    from .testbed.cli import serve_command, testbed_group
+
+    main.add_command(serve_command)
+    main.add_command(testbed_group)
+    main.add_command(baseline_group)
+    main.add_command(bench_command)
+
+
+_register_optional()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -73,6 +73,7 @@ class DetectionConfig:
     steady_cv_max: float = 0.15  # QUIC: a plateau this steady is a rate cap
     knee_ratio: float = 4.0  # QUIC: or a knee this sharp
     extreme_ratio: float = 0.1  # or a ratio whose whole CI is below this (10x slower)
+    max_controls_per_file: int = 64  # the longest-lasting control flows of each capture
     n_resamples: int = 2000
     n_permutations: int = 2000
     confidence_level: float = 0.95
@@ -386,6 +387,15 @@ def file_evidence(path: str | os.PathLike[str], roles: Roles, config: DetectionC
             chosen[f] = r
     if not chosen:
         return FileEvidence(facts, [])
+    controls = [f for f, (role, _) in chosen.items() if role == ROLE_CONTROL]
+    if len(controls) > cfg.max_controls_per_file:
+        # the longest transfers are the informative controls; keeping per-packet traces of
+        # every flow of a big capture would make memory grow with the capture
+        c = table.cols
+        span = np.maximum(c["last_data_ts_down"] - c["first_data_ts_down"],
+                          c["last_data_ts_up"] - c["first_data_ts_up"])
+        keep = set(sorted(controls, key=lambda f: -int(span[f]))[: cfg.max_controls_per_file])
+        chosen = {f: r for f, r in chosen.items() if r[0] != ROLE_CONTROL or f in keep}
     traces = _collect_traces(path, set(chosen), table.cols["client_dir"], cfg.bin_ns)
     end_ns = int(table.cols["last_ts"].max()) if table.n else 0
     flows = [_evidence(path, table, series, f, role, name, traces.get(f), cfg, end_ns)

@@ -424,12 +424,15 @@ def _print_verdicts(report: Any) -> None:
 def _register_optional() -> None:
     from .baseline import baseline_group
     from .bench import bench_command
+    from .live.cli import report_command, run_command
     from .testbed.cli import serve_command, testbed_group
 
     main.add_command(serve_command)
     main.add_command(testbed_group)
     main.add_command(baseline_group)
     main.add_command(bench_command)
+    main.add_command(run_command)
+    main.add_command(report_command)
 
 
 _register_optional()

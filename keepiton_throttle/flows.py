@@ -41,6 +41,8 @@ DEFAULT_BIN_NS = 100_000_000
 DEFAULT_OOO_NS = 3_000_000
 #: client payload packets kept per flow and direction for ClientHello / Initial parsing
 DEFAULT_SNIP_MAX = 8
+#: RTT samples kept in full per flow; beyond, every k-th (see FlowBuilder._thin_rtt)
+DEFAULT_MAX_RTT_SAMPLES = 10_000
 #: outstanding data segments remembered per direction for data -> ACK RTT samples; fewer than
 #: a window's worth biases the samples towards small-window phases (64: ~2 KiB per flow)
 DEFAULT_RING = 64
@@ -172,7 +174,7 @@ class FlowBuilder:
 
     def __init__(self, *, bin_ns: int = DEFAULT_BIN_NS, ooo_ns: int = DEFAULT_OOO_NS,
                  snip_max: int = DEFAULT_SNIP_MAX, ring: int = DEFAULT_RING,
-                 initial_flows: int = 1024) -> None:
+                 initial_flows: int = 1024, max_rtt_samples: int = DEFAULT_MAX_RTT_SAMPLES) -> None:
         if bin_ns <= 0:
             raise ValueError(f"bin_ns must be positive (ns), got {bin_ns}")
         if ring < 1 or snip_max < 0:
@@ -188,6 +190,10 @@ class FlowBuilder:
         self._H = np.zeros(4 * cap, dtype=np.int64)
         self.n_flows = 0
         self._rtt_parts: list[npt.NDArray[np.int64]] = []
+        if max_rtt_samples < 1:
+            raise ValueError(f"max_rtt_samples must be >= 1, got {max_rtt_samples}")
+        self.max_rtt_samples = int(max_rtt_samples)
+        self._rtt_seen = np.zeros(cap, dtype=np.int64)
         self._bin_parts: list[npt.NDArray[np.int64]] = []
         self._snips = _Snippets()
         self.packets = 0
@@ -231,7 +237,7 @@ class FlowBuilder:
             self._grow()
         self.packets += n
         if nr:
-            self._rtt_parts.append(rtt[:, :nr].copy())
+            self._rtt_parts.append(self._thin_rtt(rtt[:, :nr]))
         if nb:
             self._bin_parts.append(bins[:, :nb].copy())
         sel = np.flatnonzero(out_snip)
@@ -244,6 +250,25 @@ class FlowBuilder:
                 self._snips.add(int(out_flow[r]), int(out_dir[r]), int(out_soff[r]),
                                 data[lo : lo + int(pcap[k])].tobytes())
         return RowFlows(out_flow, out_dir, out_good, out_class)
+
+    def _thin_rtt(self, r: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Keep a flow's first ``max_rtt_samples`` RTT samples, then every k-th with k growing
+        as the count does (k = n // max + 1), so that a long flow's samples grow with the log of
+        its length, not linearly: memory stays bounded whatever the capture's size."""
+        if self._rtt_seen.size < self.n_flows:
+            grown = np.zeros(max(self.n_flows, 2 * self._rtt_seen.size), dtype=np.int64)
+            grown[: self._rtt_seen.size] = self._rtt_seen
+            self._rtt_seen = grown
+        f = r[0]
+        order = np.argsort(f, kind="stable")
+        fs = f[order]
+        rank = np.empty(f.size, dtype=np.int64)
+        rank[order] = np.arange(fs.size) - np.searchsorted(fs, fs, side="left")
+        idx = self._rtt_seen[f] + rank
+        self._rtt_seen += np.bincount(f, minlength=self._rtt_seen.size)[: self._rtt_seen.size]
+        cap = self.max_rtt_samples
+        keep = (idx < cap) | (idx % (idx // cap + 1) == 0)
+        return r[:, keep].copy()
 
     def finish(self) -> tuple[FlowTable, TimingSeries]:
         """Close open intervals and bins; build the flow table and its timing series."""

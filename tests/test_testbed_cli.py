@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_objects_are_what_the_lead_registers() -> None:
     assert isinstance(serve_command, click.Command) and serve_command.name == "serve"
     assert isinstance(tb_group, click.Group) and tb_group.name == "testbed"
-    assert set(tb_group.commands) == {"up", "down", "status"}  # no "run" yet (later issue)
+    assert set(tb_group.commands) == {"up", "down", "status", "run"}
 
 
 @pytest.mark.parametrize("args", [["up", "--profile", "clean"], ["down"]])

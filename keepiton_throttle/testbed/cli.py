@@ -1,4 +1,4 @@
-"""Click commands of issue 5: ``serve`` and the ``testbed`` group.
+"""Click commands of issue 5: ``serve`` and the ``testbed`` group (``testbed run`` of issue 6).
 
 The lead registers them on the main group with ``main.add_command(serve_command)`` and
 ``main.add_command(testbed_group)``. Heavy imports (aioquic, cryptography) happen inside the
@@ -195,6 +195,69 @@ def testbed_status(name: str, as_json: bool) -> None:
     click.echo(json.dumps(st, indent=1) if as_json else _status_text(st))
     if not st["healthy"]:
         raise SystemExit(1)
+
+
+@testbed_group.command("run")
+@click.option("--profile", "profile_ref", required=True, metavar="NAME|PATH.toml",
+              help="A bundled profile (clean, lossy, twitter-2021, youtube-2024, slow-link) or a TOML file.")
+@_name_option
+@click.option("--json", "as_json", is_flag=True, help="Print the run's JSON report.")
+@click.option("--target-sni", "target_snis", multiple=True, metavar="SNI",
+              help="Target SNI (repeatable). Default: one per rule of the profile (abs.twimg.com without rules).")
+@click.option("--control-sni", metavar="SNI", help="Control SNI (default: random).")
+@click.option("--transport", "transports", multiple=True, type=click.Choice(["tcp", "quic"]),
+              help="Transports (repeatable). Default: both.")
+@click.option("--repeat", type=click.IntRange(1, 50), help="Downloads of the target and of the control.")
+@click.option("--duration", type=click.FloatRange(0.1, 600), help="Seconds each download reads.")
+@click.option("--max-bytes", type=click.IntRange(1), help="Bytes at most per download.")
+@click.option("--timeout", type=click.FloatRange(1, 3600), help="Seconds at most per download.")
+@click.option("--no-capture", is_flag=True, help="Judge from TCP_INFO instead of a capture.")
+@click.option("--no-confirm", is_flag=True, help="Skip the split-ClientHello confirmation.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Output directory of the run.")
+def testbed_run(profile_ref: str, name: str, as_json: bool, target_snis: tuple[str, ...], control_sni: str | None,
+                transports: tuple[str, ...], repeat: int | None, duration: float | None, max_bytes: int | None,
+                timeout: float | None, no_capture: bool, no_confirm: bool, out_dir: str | None) -> None:
+    """Bring the testbed up, run the live check against it, print the verdicts, tear it down.
+
+    The live check ('throttle-check run --method same-server') runs in the client namespace
+    against 'serve' in the server namespace, with the profile's target SNIs and a control SNI.
+    Everything is removed afterwards, also after an error or Ctrl-C. Exit status: that of the
+    run (0 done, 1 could not run).
+    """
+    from . import manager
+    from .profiles import ProfileError, load_profile
+
+    try:
+        profile = load_profile(profile_ref)
+    except ProfileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--profile") from exc
+    args: list[str] = []
+    for opt, val in (("--control-sni", control_sni), ("--repeat", repeat), ("--duration", duration),
+                     ("--max-bytes", max_bytes), ("--timeout", timeout), ("--out", out_dir)):
+        if val is not None:
+            args += [opt, str(val)]
+    for t in transports:
+        args += ["--transport", t]
+    if no_capture:
+        args.append("--no-capture")
+    if no_confirm:
+        args.append("--no-confirm")
+    try:
+        res = manager.run(profile, name=name, run_args=args, target_snis=list(target_snis) or None)
+    except ThrottleError as exc:
+        raise _fail(exc) from exc
+    report = res["report"]
+    if report is None:
+        raise SystemExit(res["returncode"] or 1)
+    if as_json:
+        click.echo(json.dumps(report, indent=1))
+    else:
+        from ..live.cli import print_table
+
+        click.echo(f"testbed {name}, profile {profile.name}: target SNI(s) {', '.join(res['target_snis'])}")
+        print_table(report)
+    if res["returncode"]:
+        raise SystemExit(res["returncode"])
 
 
 @click.group()

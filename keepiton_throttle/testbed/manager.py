@@ -36,7 +36,7 @@ from .netns import (
 )
 from .profiles import Profile
 
-__all__ = ["DEFAULT_NAME", "down", "state_dir", "status", "up"]
+__all__ = ["DEFAULT_NAME", "down", "profile_target_snis", "run", "state_dir", "status", "up"]
 
 DEFAULT_NAME = "ktb"
 DEFAULT_STATE_ROOT = "/run/keepiton_throttle"
@@ -272,3 +272,79 @@ def status(name: str = DEFAULT_NAME, *, state_root: str | None = None) -> dict[s
     out.update(up=True, healthy=healthy, namespaces=namespaces, processes=procs,
                censor=_read_json(sdir / "censor.stats.json"))
     return out
+
+
+# ---------------------------------------------------------------------- run (the live check)
+
+#: the target measured on profiles without rules (clean, lossy, slow-link): Twitter's media host
+DEFAULT_TARGET_SNI = "abs.twimg.com"
+
+
+def profile_target_snis(profile: Profile) -> list[str]:
+    """One concrete SNI per rule of ``profile``: a bundled target's endpoint host that the rule
+    matches, else the rule's first pattern with ``*.`` made ``www.``; profiles without rules
+    measure :data:`DEFAULT_TARGET_SNI` (so that a clean path shows "not throttled")."""
+    from urllib.parse import urlsplit
+
+    from ..targets import bundled_targets
+    from .profiles import sni_matches
+
+    hosts = [h for t in bundled_targets().values() for u in t.endpoints if (h := urlsplit(u).hostname)]
+    out: list[str] = []
+    for rule in profile.rules:
+        sni = next((h for h in hosts if sni_matches(h, rule.patterns)), None)
+        if sni is None:
+            p = rule.patterns[0]
+            sni = "www." + p[2:] if p.startswith("*.") else p.replace("*", "www")
+        out.append(sni.lower())
+    return list(dict.fromkeys(out)) or [DEFAULT_TARGET_SNI]
+
+
+def run(
+    profile: Profile,
+    *,
+    name: str = DEFAULT_NAME,
+    run_args: tuple[str, ...] | list[str] = (),
+    target_snis: list[str] | None = None,
+    serve_port: int = 443,
+    state_root: str | None = None,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """Bring testbed ``name`` up with ``profile``, run ``throttle-check run`` in the client
+    namespace against ``serve`` (same-server method) with the profile's target SNIs and a
+    random control SNI, and tear everything down again, also on failure or Ctrl-C.
+
+    ``run_args`` are passed on to ``run`` (e.g. ``--repeat 2``). Returns ``{"returncode",
+    "report"}``: the child's exit status and its JSON report (None if it wrote none).
+    """
+    snis = target_snis or profile_target_snis(profile)
+    state = up(profile, name=name, serve=True, serve_port=serve_port, state_root=state_root)
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        topo = state["topology"]
+        argv = [sys.executable, "-m", "keepiton_throttle.live.cli", "run", "--method", "same-server",
+                "--server", f"{topo['server_ip']}:{serve_port}"]
+        for sni in snis:
+            argv += ["--target-sni", sni]
+        argv += [*run_args, "--format", "json"]
+        proc = subprocess.Popen(netns_exec_argv(topo["namespaces"]["client"], argv), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, env=_child_env())
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise TestbedError(f"the live check did not finish within {timeout_s:.0f} s") from None
+        try:
+            report = json.loads(out) if out.strip() else None
+        except ValueError:
+            report = None
+        return {"returncode": proc.returncode, "report": report, "profile": profile.name, "target_snis": snis}
+    finally:
+        if proc is not None and proc.poll() is None:
+            # Ctrl-C or a timeout: let the child stop its capture, then make sure it is gone
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        down(name, state_root=state_root)

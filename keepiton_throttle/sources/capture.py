@@ -176,6 +176,8 @@ class CaptureReader:
         self._pending = b""
         self._stream_off = 0  # offset in the decompressed stream of the next byte to read
         self._eof = False
+        self._mm: Any = None
+        self._map: np.ndarray | None = None
         self._swapped = False
         self._fmt = 0
         self._snaplen = 0
@@ -235,7 +237,35 @@ class CaptureReader:
         )
 
     def close(self) -> None:
+        self._map = None
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # a chunk still holds a view of the mapping: it goes when that does
+            self._mm = None
         self._stream.close()
+
+    def _map_file(self) -> None:
+        """Map an uncompressed capture so that chunks are views of the file, not copies.
+
+        Private copy-on-write mapping: writable to NumPy (the kernel then has one type
+        specialisation for every source), never written back. Falls back to reading when the
+        file cannot be mapped (a pipe, an empty file, an exotic filesystem).
+        """
+        import mmap
+
+        if self.info.compressed or os.environ.get("KEEPITON_NO_MMAP") == "1":
+            return
+        try:
+            fileno = self._stream.fileno()
+            if os.fstat(fileno).st_size == 0:
+                return
+            self._mm = mmap.mmap(fileno, 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError, io.UnsupportedOperation):
+            self._mm = None
+            return
+        self._map = np.frombuffer(self._mm, dtype=np.uint8)
 
     def __enter__(self) -> CaptureReader:
         return self
@@ -368,6 +398,7 @@ class CaptureReader:
 
         decode_records: Any = _kernel  # a Numba dispatcher
 
+        self._map_file()
         carry = np.frombuffer(self._pending, dtype=np.uint8)
         carry_off = self._stream_off
         self._pending = b""
@@ -378,14 +409,22 @@ class CaptureReader:
         rows_blocks: dict[str, np.ndarray] = {}
         while True:
             size = max(self.chunk_bytes, need + 4096, carry.size + 4096)
-            if reuse and buf.size >= size:
-                buf[: carry.size] = carry  # the unread tail moves to the front (overlap-safe)
+            if self._map is not None:
+                # the chunk is a window on the mapped file: nothing is copied
+                end = min(self._map.size, carry_off + size)
+                buf = self._map[carry_off:end]
+                valid = end - carry_off
+                self.stats.bytes_read = end
+                self._eof = end >= self._map.size
             else:
-                fresh = np.empty(size, dtype=np.uint8)
-                fresh[: carry.size] = carry
-                buf = fresh
-            got = self._readinto(memoryview(buf.data)[carry.size :])
-            valid = carry.size + got
+                if reuse and buf.size >= size:
+                    buf[: carry.size] = carry  # the unread tail moves to the front (overlap-safe)
+                else:
+                    fresh = np.empty(size, dtype=np.uint8)
+                    fresh[: carry.size] = carry
+                    buf = fresh
+                got = self._readinto(memoryview(buf.data)[carry.size :])
+                valid = carry.size + got
             base = carry_off
             pos = 0
             if not (reuse and rows_blocks):

@@ -178,6 +178,7 @@ class CaptureReader:
         self._eof = False
         self._mm: Any = None
         self._map: np.ndarray | None = None
+        self._released = 0
         self._swapped = False
         self._fmt = 0
         self._snaplen = 0
@@ -245,6 +246,23 @@ class CaptureReader:
                 pass  # a chunk still holds a view of the mapping: it goes when that does
             self._mm = None
         self._stream.close()
+
+    def _release(self, upto: int) -> None:
+        """Drop the mapped pages before ``upto`` from this process (MADV_DONTNEED): mapped file
+        pages count in the resident set, so a 50 GB capture would otherwise look like 50 GB
+        of memory. The mapping is private and never written, so a chunk still looking at those
+        bytes reads them again from the file, unchanged."""
+        import mmap
+
+        page = mmap.PAGESIZE
+        upto = (upto // page) * page
+        if self._mm is None or upto <= self._released or not hasattr(self._mm, "madvise"):
+            return
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, self._released, upto - self._released)
+        except (OSError, ValueError):
+            return
+        self._released = upto
 
     def _map_file(self) -> None:
         """Map an uncompressed capture so that chunks are views of the file, not copies.
@@ -411,6 +429,7 @@ class CaptureReader:
             size = max(self.chunk_bytes, need + 4096, carry.size + 4096)
             if self._map is not None:
                 # the chunk is a window on the mapped file: nothing is copied
+                self._release(carry_off)
                 end = min(self._map.size, carry_off + size)
                 buf = self._map[carry_off:end]
                 valid = end - carry_off

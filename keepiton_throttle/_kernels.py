@@ -5,10 +5,14 @@ per-flow state in preallocated int64 arrays, so that a capture of any length is 
 memory proportional to the number of flows (not packets). It assigns each row a flow and a
 direction, and emits RTT samples and per-bin goodput as it goes.
 
-State layout: ``S[field, flow]`` (int64) with the field indices below; per-direction fields come
+State layout: ``S[flow, field]`` (int64) with the field indices below; per-direction fields come
 in pairs (``X + d`` for direction ``d``; direction 0 is endpoint A -> B, where A is the source of
-the flow's first packet). ``R[...]`` is a ring of outstanding data segments per direction for
-data->ACK RTT matching. Sequence numbers are unwrapped into int64 offsets from the first one
+the flow's first packet). ``R[flow, ...]`` is a ring of outstanding data segments per direction
+for data->ACK RTT matching; ``A[flow, :]`` the endpoints (A hi, A lo, B hi, B lo). Flow-major:
+a packet's updates fall in a few adjacent cache lines of its flow's row (field-major, every field
+of a flow sat in a page of its own, and the kernel was 2.4x slower).
+
+Sequence numbers are unwrapped into int64 offsets from the first one
 seen (RFC 9293 sec 3.4 modular arithmetic), so 2^32 wrap-around is handled.
 """
 
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import kernel
+from .config import flat_kernel, inline_kernel
 
 # -- flow-level fields ----------------------------------------------------------------------
 F_PROTO = 0
@@ -131,7 +135,7 @@ _HALF = np.int64(1) << 31
 _MOD = np.int64(1) << 32
 
 
-@kernel
+@inline_kernel
 def _hash(shi, slo, dhi, dlo, sp, dp, proto):
     """Direction-independent hash of a 5-tuple (xor of the two endpoint mixes)."""
     a = (shi * np.uint64(0x9E3779B97F4A7C15)) ^ (slo * np.uint64(0xC2B2AE3D27D4EB4F)) ^ (np.uint64(sp) * np.uint64(0x165667B19E3779F9))
@@ -143,7 +147,7 @@ def _hash(shi, slo, dhi, dlo, sp, dp, proto):
     return h
 
 
-@kernel
+@inline_kernel
 def _lookup(H, A, S, shi, slo, dhi, dlo, sp, dp, proto):
     """Return (slot, flow, dir): flow -1 when absent (slot is then the free slot)."""
     mask = np.uint64(H.shape[0] - 1)
@@ -152,72 +156,72 @@ def _lookup(H, A, S, shi, slo, dhi, dlo, sp, dp, proto):
         f = H[slot] - 1
         if f < 0:
             return np.int64(slot), np.int64(-1), 0
-        if S[F_PROTO, f] == proto:
-            if (A[0, f] == shi and A[1, f] == slo and A[2, f] == dhi and A[3, f] == dlo
-                    and S[F_PORT_A, f] == sp and S[F_PORT_B, f] == dp):
+        if S[f, F_PROTO] == proto:
+            if (A[f, 0] == shi and A[f, 1] == slo and A[f, 2] == dhi and A[f, 3] == dlo
+                    and S[f, F_PORT_A] == sp and S[f, F_PORT_B] == dp):
                 return np.int64(slot), f, 0
-            if (A[0, f] == dhi and A[1, f] == dlo and A[2, f] == shi and A[3, f] == slo
-                    and S[F_PORT_A, f] == dp and S[F_PORT_B, f] == sp):
+            if (A[f, 0] == dhi and A[f, 1] == dlo and A[f, 2] == shi and A[f, 3] == slo
+                    and S[f, F_PORT_A] == dp and S[f, F_PORT_B] == sp):
                 return np.int64(slot), f, 1
         slot = (slot + np.uint64(1)) & mask
 
 
-@kernel
+@flat_kernel
 def rehash(H, A, S, n_flows):
     """Rebuild the hash table ``H`` (all zero on entry) from flows 0..n_flows-1.
 
     Later flows with the same 5-tuple overwrite earlier ones (the table points at the newest).
     """
     for f in range(n_flows):
-        slot, g, _ = _lookup(H, A, S, A[0, f], A[1, f], A[2, f], A[3, f], S[F_PORT_A, f], S[F_PORT_B, f], S[F_PROTO, f])
+        slot, g, _ = _lookup(H, A, S, A[f, 0], A[f, 1], A[f, 2], A[f, 3], S[f, F_PORT_A], S[f, F_PORT_B], S[f, F_PROTO])
         H[slot] = f + 1
 
 
-@kernel
+@inline_kernel
 def _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, ipv, encap, ts):
-    for k in range(S.shape[0]):
-        S[k, f] = 0
-    for k in range(R.shape[0]):
-        R[k, f] = 0
-    A[0, f] = shi
-    A[1, f] = slo
-    A[2, f] = dhi
-    A[3, f] = dlo
-    S[F_PROTO, f] = proto
-    S[F_IPV, f] = ipv
-    S[F_PORT_A, f] = sp
-    S[F_PORT_B, f] = dp
-    S[F_FIRST_TS, f] = ts
-    S[F_LAST_TS, f] = ts
-    S[F_ENCAP, f] = encap
-    S[F_PREV, f] = -1
+    for k in range(S.shape[1]):
+        S[f, k] = 0
+    for k in range(R.shape[1]):
+        R[f, k] = 0
+    A[f, 0] = shi
+    A[f, 1] = slo
+    A[f, 2] = dhi
+    A[f, 3] = dlo
+    S[f, F_PROTO] = proto
+    S[f, F_IPV] = ipv
+    S[f, F_PORT_A] = sp
+    S[f, F_PORT_B] = dp
+    S[f, F_FIRST_TS] = ts
+    S[f, F_LAST_TS] = ts
+    S[f, F_ENCAP] = encap
+    S[f, F_PREV] = -1
     for k in (F_SYN_TS, F_SYNACK_TS, F_HSACK_TS, F_QUIC_CI_TS, F_QUIC_SR_TS, F_SYN_SEQ):
-        S[k, f] = -1
+        S[f, k] = -1
     for d in range(2):
         for k in (D_ACK_REL, D_ACK_RAW, D_WS, D_WIN_BYTES, D_ZW_SINCE, D_RWL_SINCE, D_TS_TS,
                   D_TS_PREV, D_SPIN_LAST, D_BIN, D_MIN_RTT, D_FIRST_DATA_TS, D_LAST_DATA_TS):
-            S[k + d, f] = -1
+            S[f, k + d] = -1
     # client/server by port (RFC 6335 ranges: the lower, well-known port is the service);
     # TCP SYNs and QUIC Initials override this later with stronger evidence
     if sp < dp:
-        S[F_CLIENT, f] = 1
-        S[F_ROLE_SRC, f] = ROLE_PORT
+        S[f, F_CLIENT] = 1
+        S[f, F_ROLE_SRC] = ROLE_PORT
     elif dp < sp:
-        S[F_CLIENT, f] = 0
-        S[F_ROLE_SRC, f] = ROLE_PORT
+        S[f, F_CLIENT] = 0
+        S[f, F_ROLE_SRC] = ROLE_PORT
     else:
-        S[F_CLIENT, f] = 0
-        S[F_ROLE_SRC, f] = ROLE_FIRST
+        S[f, F_CLIENT] = 0
+        S[f, F_ROLE_SRC] = ROLE_FIRST
 
 
-@kernel
+@inline_kernel
 def _set_role(S, f, client_dir, src):
-    if src > S[F_ROLE_SRC, f]:
-        S[F_CLIENT, f] = client_dir
-        S[F_ROLE_SRC, f] = src
+    if src > S[f, F_ROLE_SRC]:
+        S[f, F_CLIENT] = client_dir
+        S[f, F_ROLE_SRC] = src
 
 
-@kernel
+@inline_kernel
 def _unwrap(S, f, d, raw):
     """Sequence number ``raw`` (u32) of direction d -> int64 offset from the first one seen.
 
@@ -225,44 +229,44 @@ def _unwrap(S, f, d, raw):
     (< 2^30, RFC 7323 sec 2.3) of it, so an out-of-window one (a blind reset, RFC 5961) does
     not move the reference of the segments after it.
     """
-    top = S[D_MAX_END + d, f]
-    delta = ((raw - (S[D_BASE + d, f] + top) + _HALF) % _MOD) - _HALF
+    top = S[f, D_MAX_END + d]
+    delta = ((raw - (S[f, D_BASE + d] + top) + _HALF) % _MOD) - _HALF
     return top + delta
 
 
-@kernel
+@inline_kernel
 def _emit_bin(S, f, d, bins, nb):
     """Append the current bin of (f, d) to ``bins`` at column ``nb``; return ``nb + 1``."""
     bins[0, nb] = f
     bins[1, nb] = d
-    bins[2, nb] = S[D_BIN + d, f]
-    bins[3, nb] = S[D_BIN_GOOD + d, f]
-    bins[4, nb] = S[D_BIN_PAY + d, f]
-    bins[5, nb] = S[D_BIN_RETX + d, f]
-    bins[6, nb] = S[D_BIN_PKTS + d, f]
+    bins[2, nb] = S[f, D_BIN + d]
+    bins[3, nb] = S[f, D_BIN_GOOD + d]
+    bins[4, nb] = S[f, D_BIN_PAY + d]
+    bins[5, nb] = S[f, D_BIN_RETX + d]
+    bins[6, nb] = S[f, D_BIN_PKTS + d]
     return nb + 1
 
 
-@kernel
+@inline_kernel
 def _bin_add(S, f, d, ts, bin_ns, good, pay, retx, bins, nb):
     """Accumulate into the current bin of (f, d); emit the previous bin when it changes."""
-    b = (ts - S[F_FIRST_TS, f]) // bin_ns
-    if b != S[D_BIN + d, f]:
-        if S[D_BIN_PKTS + d, f] > 0:
+    b = (ts - S[f, F_FIRST_TS]) // bin_ns
+    if b != S[f, D_BIN + d]:
+        if S[f, D_BIN_PKTS + d] > 0:
             nb = _emit_bin(S, f, d, bins, nb)
-        S[D_BIN + d, f] = b
-        S[D_BIN_GOOD + d, f] = 0
-        S[D_BIN_PAY + d, f] = 0
-        S[D_BIN_RETX + d, f] = 0
-        S[D_BIN_PKTS + d, f] = 0
-    S[D_BIN_GOOD + d, f] += good
-    S[D_BIN_PAY + d, f] += pay
-    S[D_BIN_RETX + d, f] += retx
-    S[D_BIN_PKTS + d, f] += 1
+        S[f, D_BIN + d] = b
+        S[f, D_BIN_GOOD + d] = 0
+        S[f, D_BIN_PAY + d] = 0
+        S[f, D_BIN_RETX + d] = 0
+        S[f, D_BIN_PKTS + d] = 0
+    S[f, D_BIN_GOOD + d] += good
+    S[f, D_BIN_PAY + d] += pay
+    S[f, D_BIN_RETX + d] += retx
+    S[f, D_BIN_PKTS + d] += 1
     return nb
 
 
-@kernel
+@inline_kernel
 def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
     """Mark outstanding segments overlapping a retransmitted range [rel, end) as ambiguous.
 
@@ -271,21 +275,21 @@ def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
     (ambiguous) sample, as tshark's ack_rtt does.
     """
     base_i = d * 2 * ring
-    h = S[D_RING_HEAD + d, f]
-    cnt = S[D_RING_N + d, f]
+    h = S[f, D_RING_HEAD + d]
+    cnt = S[f, D_RING_N + d]
     exact = False
     pos = cnt  # insertion index (entries are sorted by end)
     for k in range(cnt):
         j = (h + k) % ring
-        e = R[base_i + 2 * j, f]
+        e = R[f, base_i + 2 * j]
         if e > rel and e <= end:
-            R[base_i + 2 * j + 1, f] = R[base_i + 2 * j + 1, f] | _AMBIG
+            R[f, base_i + 2 * j + 1] = R[f, base_i + 2 * j + 1] | _AMBIG
         if e == end:
             exact = True
         if e > end and pos == cnt:
             pos = k
     o = 1 - d
-    if exact or end <= S[D_ACK_REL + o, f]:
+    if exact or end <= S[f, D_ACK_REL + o]:
         return
     if cnt == ring:  # full: forget the oldest
         if pos == 0:
@@ -293,32 +297,32 @@ def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
         h = (h + 1) % ring
         cnt -= 1
         pos -= 1
-        S[D_RING_HEAD + d, f] = h
+        S[f, D_RING_HEAD + d] = h
     k = cnt
     while k > pos:  # shift the later entries up by one
         j = (h + k) % ring
         jp = (h + k - 1) % ring
-        R[base_i + 2 * j, f] = R[base_i + 2 * jp, f]
-        R[base_i + 2 * j + 1, f] = R[base_i + 2 * jp + 1, f]
+        R[f, base_i + 2 * j] = R[f, base_i + 2 * jp]
+        R[f, base_i + 2 * j + 1] = R[f, base_i + 2 * jp + 1]
         k -= 1
     j = (h + pos) % ring
-    R[base_i + 2 * j, f] = end
-    R[base_i + 2 * j + 1, f] = ts | _AMBIG
-    S[D_RING_N + d, f] = cnt + 1
+    R[f, base_i + 2 * j] = end
+    R[f, base_i + 2 * j + 1] = ts | _AMBIG
+    S[f, D_RING_N + d] = cnt + 1
 
 
-@kernel
+@inline_kernel
 def _ooo_threshold(S, f, default_ns):
     """Out-of-order window: the handshake RTT (SYN -> third ACK) when seen, else the default.
 
     Wireshark's rule (packet-tcp.c, "OUT-OF-ORDER"), kept so that counts agree with tshark.
     """
-    if S[F_SYN_TS, f] >= 0 and S[F_HSACK_TS, f] >= 0:
-        return S[F_HSACK_TS, f] - S[F_SYN_TS, f]
+    if S[f, F_SYN_TS] >= 0 and S[f, F_HSACK_TS] >= 0:
+        return S[f, F_HSACK_TS] - S[f, F_SYN_TS]
     return default_ns
 
 
-@kernel
+@inline_kernel
 def _emit_rtt(rtt, nr, f, ts, value, kind, d, S):
     if value <= 0:
         return nr  # a zero or negative RTT is a timestamp artefact, not a measurement
@@ -327,17 +331,18 @@ def _emit_rtt(rtt, nr, f, ts, value, kind, d, S):
     rtt[2, nr] = value
     rtt[3, nr] = kind
     rtt[4, nr] = d
-    m = S[D_MIN_RTT + d, f]
+    m = S[f, D_MIN_RTT + d]
     if (kind == SAMPLE_DATA_ACK or kind == SAMPLE_TS_ECHO) and (m < 0 or value < m):
-        S[D_MIN_RTT + d, f] = value
+        S[f, D_MIN_RTT + d] = value
     return nr + 1
 
 
-@kernel
-def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip_max,
+@flat_kernel
+def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, snip_max,
               H, A, S, R, n_flows, ring,
               out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr0, nb0):
-    """Analyse rows ``row0..`` of a packet-table chunk (blocks as in packets.py).
+    """Analyse rows ``row0..n-1`` of a packet-table chunk (blocks as in packets.py, at least
+    ``n`` columns wide: the reader's whole output blocks, read in place).
 
     ``data``/``data_off``: the chunk's raw bytes and their absolute offset (QUIC first bytes).
     Writes per row: ``out_flow`` (-1: not a TCP/UDP flow packet), ``out_dir`` (0 A->B),
@@ -349,8 +354,7 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
     Returns (next row, n_flows, nr, nb, stop): STOP_FLOWS_FULL asks the caller to grow the
     flow arrays (and hash table) and call again from the returned row.
     """
-    n = i64.shape[1]
-    cap = S.shape[1]
+    cap = S.shape[0]
     nr = nr0
     nb = nb0
     for r in range(row0, n):
@@ -379,7 +383,7 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
             # a new connection on a reused 5-tuple (RFC 9293 sec 3.10.7.4 TIME-WAIT reuse):
             # after the old one closed, or a SYN with another ISN than the flow's own SYN
             seq = np.int64(u32[2, r])
-            if S[F_CLOSED, f] == 1 or (S[F_SYN_SEQ, f] >= 0 and S[F_SYN_SEQ, f] != seq):
+            if S[f, F_CLOSED] == 1 or (S[f, F_SYN_SEQ] >= 0 and S[f, F_SYN_SEQ] != seq):
                 prev = f
                 f = -1
         if f < 0:
@@ -388,27 +392,27 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
             f = n_flows
             n_flows += 1
             _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, r]), np.int64(u8[7, r]), ts)
-            S[F_PREV, f] = prev
+            S[f, F_PREV] = prev
             H[slot] = f + 1
             d = 0
         o = 1 - d
         out_flow[r] = f
         out_dir[r] = d
         plen = np.int64(u32[6, r])
-        S[F_LAST_TS, f] = ts
-        S[D_PKTS + d, f] += 1
-        S[D_WIRE + d, f] += np.int64(u32[1, r])
-        S[D_PAYLOAD + d, f] += plen
+        S[f, F_LAST_TS] = ts
+        S[f, D_PKTS + d] += 1
+        S[f, D_WIRE + d] += np.int64(u32[1, r])
+        S[f, D_PAYLOAD + d] += plen
         if plen > 0:
-            S[D_DATA_PKTS + d, f] += 1
-            if S[D_FIRST_DATA_TS + d, f] < 0:
-                S[D_FIRST_DATA_TS + d, f] = ts
-            S[D_LAST_DATA_TS + d, f] = ts
+            S[f, D_DATA_PKTS + d] += 1
+            if S[f, D_FIRST_DATA_TS + d] < 0:
+                S[f, D_FIRST_DATA_TS + d] = ts
+            S[f, D_LAST_DATA_TS + d] = ts
         pcap = np.int64(u32[7, r])
         poff = i64[1, r] - data_off
         if proto == 17:
             good = plen
-            S[D_UNIQUE + d, f] += plen
+            S[f, D_UNIQUE + d] += plen
             out_good[r] = plen
             # QUIC (RFC 9000 sec 17): long header = first bit set; Initial type bits 00 (v1,
             # drafts) or 01 (v2, RFC 9369 sec 3.2); version 0 is Version Negotiation
@@ -421,28 +425,28 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
                     # a client's Initial has the fixed bit (RFC 9000 sec 17.2) and fills a datagram of
                     # at least 1200 bytes (sec 14.1): a first "Initial" without both is not QUIC (one
                     # DNS query in 8 starts with such a byte)
-                    if initial and S[F_QUIC_CI_TS, f] < 0 and ((b0 & 0x40) == 0 or plen < 1200):
+                    if initial and S[f, F_QUIC_CI_TS] < 0 and ((b0 & 0x40) == 0 or plen < 1200):
                         initial = False
-                    if initial and (S[F_QUIC_CI_TS, f] < 0 or S[F_CLIENT, f] == d):
-                        if S[F_QUIC_CI_TS, f] < 0:
-                            S[F_QUIC_CI_TS, f] = ts
-                            S[F_QUIC_VERSION, f] = ver
+                    if initial and (S[f, F_QUIC_CI_TS] < 0 or S[f, F_CLIENT] == d):
+                        if S[f, F_QUIC_CI_TS] < 0:
+                            S[f, F_QUIC_CI_TS] = ts
+                            S[f, F_QUIC_VERSION] = ver
                         _set_role(S, f, d, ROLE_QUIC)
-                    elif ver != 0 and S[F_QUIC_CI_TS, f] >= 0 and S[F_CLIENT, f] == o and S[F_QUIC_SR_TS, f] < 0:
-                        S[F_QUIC_SR_TS, f] = ts
-                    if S[D_SNIPS + d, f] < snip_max:
-                        S[D_SNIPS + d, f] += 1
+                    elif ver != 0 and S[f, F_QUIC_CI_TS] >= 0 and S[f, F_CLIENT] == o and S[f, F_QUIC_SR_TS] < 0:
+                        S[f, F_QUIC_SR_TS] = ts
+                    if S[f, D_SNIPS + d] < snip_max:
+                        S[f, D_SNIPS + d] += 1
                         out_snip[r] = 1
                 elif b0 & 0x40:
                     # short header: spin bit (RFC 9000 sec 17.4); one RTT between edges
                     spin = (b0 >> 5) & 1
-                    last = S[D_SPIN_LAST + d, f]
+                    last = S[f, D_SPIN_LAST + d]
                     if last >= 0 and spin != last:
-                        if S[D_SPIN_FLIPS + d, f] >= 1:
-                            nr = _emit_rtt(rtt, nr, f, ts, ts - S[D_SPIN_TS + d, f], SAMPLE_SPIN, d, S)
-                        S[D_SPIN_TS + d, f] = ts
-                        S[D_SPIN_FLIPS + d, f] += 1
-                    S[D_SPIN_LAST + d, f] = spin
+                        if S[f, D_SPIN_FLIPS + d] >= 1:
+                            nr = _emit_rtt(rtt, nr, f, ts, ts - S[f, D_SPIN_TS + d], SAMPLE_SPIN, d, S)
+                        S[f, D_SPIN_TS + d] = ts
+                        S[f, D_SPIN_FLIPS + d] += 1
+                    S[f, D_SPIN_LAST + d] = spin
             nb = _bin_add(S, f, d, ts, bin_ns, good, plen, 0, bins, nb)
             continue
         # ---- TCP ----------------------------------------------------------------------------
@@ -455,86 +459,86 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
         if syn:
             if pure_syn:
                 _set_role(S, f, d, ROLE_SYN)
-                if S[F_SYN_TS, f] < 0:
-                    S[F_SYN_TS, f] = ts
-                    S[F_SYN_SEQ, f] = seq
+                if S[f, F_SYN_TS] < 0:
+                    S[f, F_SYN_TS] = ts
+                    S[f, F_SYN_SEQ] = seq
             else:
                 _set_role(S, f, o, ROLE_SYNACK)
-                if S[F_SYNACK_TS, f] < 0:
-                    S[F_SYNACK_TS, f] = ts
-            S[D_SYN_SEEN + d, f] = 1
-            S[D_WS + d, f] = np.int64(u8[4, r]) if (opts & _OPT_WS) else -1
+                if S[f, F_SYNACK_TS] < 0:
+                    S[f, F_SYNACK_TS] = ts
+            S[f, D_SYN_SEEN + d] = 1
+            S[f, D_WS + d] = np.int64(u8[4, r]) if (opts & _OPT_WS) else -1
             if opts & _OPT_MSS:
-                S[D_MSS + d, f] = np.int64(u16[6, r])
-            if S[D_HAS_BASE + d, f] == 0 or (S[D_MAX_END + d, f] <= 1 and S[D_BASE + d, f] != seq):
-                S[D_HAS_BASE + d, f] = 1
-                S[D_BASE + d, f] = seq
-                S[D_LAST_RAW + d, f] = seq
-                S[D_LAST_UNW + d, f] = 0
-                S[D_MAX_END + d, f] = 0
-                S[D_MAX_TS + d, f] = ts
-        elif (flags & _TCP_ACK) and S[F_SYNACK_TS, f] >= 0 and S[F_HSACK_TS, f] < 0 and S[F_CLIENT, f] == d:
-            S[F_HSACK_TS, f] = ts  # third packet of the handshake
-        if S[D_HAS_BASE + d, f] == 0:
-            S[D_HAS_BASE + d, f] = 1
-            S[D_BASE + d, f] = seq
-            S[D_LAST_RAW + d, f] = seq
-            S[D_LAST_UNW + d, f] = 0
-            S[D_MAX_END + d, f] = 0
-            S[D_MAX_TS + d, f] = ts
+                S[f, D_MSS + d] = np.int64(u16[6, r])
+            if S[f, D_HAS_BASE + d] == 0 or (S[f, D_MAX_END + d] <= 1 and S[f, D_BASE + d] != seq):
+                S[f, D_HAS_BASE + d] = 1
+                S[f, D_BASE + d] = seq
+                S[f, D_LAST_RAW + d] = seq
+                S[f, D_LAST_UNW + d] = 0
+                S[f, D_MAX_END + d] = 0
+                S[f, D_MAX_TS + d] = ts
+        elif (flags & _TCP_ACK) and S[f, F_SYNACK_TS] >= 0 and S[f, F_HSACK_TS] < 0 and S[f, F_CLIENT] == d:
+            S[f, F_HSACK_TS] = ts  # third packet of the handshake
+        if S[f, D_HAS_BASE + d] == 0:
+            S[f, D_HAS_BASE + d] = 1
+            S[f, D_BASE + d] = seq
+            S[f, D_LAST_RAW + d] = seq
+            S[f, D_LAST_UNW + d] = 0
+            S[f, D_MAX_END + d] = 0
+            S[f, D_MAX_TS + d] = ts
         rel = _unwrap(S, f, d, seq)
-        S[D_LAST_RAW + d, f] = seq
-        S[D_LAST_UNW + d, f] = rel
+        S[f, D_LAST_RAW + d] = seq
+        S[f, D_LAST_UNW + d] = rel
         seglen = plen + (1 if syn else 0) + (1 if fin else 0)
         end = rel + seglen
         good = 0
         retx = 0
         if plen > 0:
-            out_soff[r] = rel - (1 if S[D_SYN_SEEN + d, f] == 1 else 0) + (1 if syn else 0)
-            if S[D_SNIPS + d, f] < snip_max and pcap > 0:
-                S[D_SNIPS + d, f] += 1
+            out_soff[r] = rel - (1 if S[f, D_SYN_SEEN + d] == 1 else 0) + (1 if syn else 0)
+            if S[f, D_SNIPS + d] < snip_max and pcap > 0:
+                S[f, D_SNIPS + d] += 1
                 out_snip[r] = 1
         if seglen > 0:
-            mx = S[D_MAX_END + d, f]
+            mx = S[f, D_MAX_END + d]
             if rel < mx:
                 if plen <= 1 and end == mx and not syn and not fin:
                     pass  # keep-alive probe: one old byte, not a retransmission
-                elif (S[D_DUPACK_RUN + o, f] >= 2 and S[D_ACK_RAW + o, f] == seq
-                        and ts - S[D_ACK_TS + o, f] < 20_000_000):
+                elif (S[f, D_DUPACK_RUN + o] >= 2 and S[f, D_ACK_RAW + o] == seq
+                        and ts - S[f, D_ACK_TS + o] < 20_000_000):
                     # fast retransmission (RFC 5681 sec 3.2) answering the duplicate ACKs
-                    S[D_RETX + d, f] += 1
+                    S[f, D_RETX + d] += 1
                     retx = 1
                     out_class[r] = CLASS_RETX
-                elif ts - S[D_MAX_TS + d, f] < _ooo_threshold(S, f, ooo_ns) and end != mx:
+                elif ts - S[f, D_MAX_TS + d] < _ooo_threshold(S, f, ooo_ns) and end != mx:
                     # arrived soon after the highest segment and is not a copy of it: reordering
-                    S[D_OOO + d, f] += 1
+                    S[f, D_OOO + d] += 1
                     out_class[r] = CLASS_OOO
                 else:
-                    S[D_RETX + d, f] += 1
+                    S[f, D_RETX + d] += 1
                     retx = 1
                     out_class[r] = CLASS_RETX
                 # Karn (RFC 6298 sec 3): a segment sent more than once gives only ambiguous samples
                 _ring_retransmit(R, S, f, d, ring, rel, end, ts)
                 if end > mx:
                     good = end - mx
-                    S[D_MAX_END + d, f] = end
-                    S[D_MAX_TS + d, f] = ts
+                    S[f, D_MAX_END + d] = end
+                    S[f, D_MAX_TS + d] = ts
             else:
                 good = end - mx
-                S[D_MAX_END + d, f] = end
-                S[D_MAX_TS + d, f] = ts
+                S[f, D_MAX_END + d] = end
+                S[f, D_MAX_TS + d] = ts
                 if seglen > 0:  # SYN and FIN are acknowledged like data (RFC 9293 sec 3.4)
                     base_i = d * 2 * ring
-                    h = S[D_RING_HEAD + d, f]
-                    cnt = S[D_RING_N + d, f]
+                    h = S[f, D_RING_HEAD + d]
+                    cnt = S[f, D_RING_N + d]
                     if cnt == ring:  # full: forget the oldest outstanding segment
                         h = (h + 1) % ring
                         cnt -= 1
-                        S[D_RING_HEAD + d, f] = h
+                        S[f, D_RING_HEAD + d] = h
                     j = (h + cnt) % ring
-                    R[base_i + 2 * j, f] = end
-                    R[base_i + 2 * j + 1, f] = ts
-                    S[D_RING_N + d, f] = cnt + 1
+                    R[f, base_i + 2 * j] = end
+                    R[f, base_i + 2 * j + 1] = ts
+                    S[f, D_RING_N + d] = cnt + 1
             if good > 0:
                 if syn:
                     good -= 1
@@ -542,107 +546,107 @@ def flow_pass(i64, u64, u32, u16, u8, row0, data, data_off, bin_ns, ooo_ns, snip
                     good -= 1
                 if good < 0:
                     good = 0
-            S[D_UNIQUE + d, f] += good
+            S[f, D_UNIQUE + d] += good
             out_good[r] = good
         # ---- ACK side: what d says about the other direction's data ------------------------
-        if (flags & _TCP_ACK) and S[D_HAS_BASE + o, f] == 1:
+        if (flags & _TCP_ACK) and S[f, D_HAS_BASE + o] == 1:
             ack_rel = _unwrap(S, f, o, ack)
             base_o = o * 2 * ring
-            h = S[D_RING_HEAD + o, f]
-            cnt = S[D_RING_N + o, f]
+            h = S[f, D_RING_HEAD + o]
+            cnt = S[f, D_RING_N + o]
             while cnt > 0:
-                e = R[base_o + 2 * h, f]
+                e = R[f, base_o + 2 * h]
                 if e > ack_rel:
                     break
                 if e == ack_rel:
-                    sent = R[base_o + 2 * h + 1, f]
+                    sent = R[f, base_o + 2 * h + 1]
                     if sent & _AMBIG:
                         nr = _emit_rtt(rtt, nr, f, ts, ts - (sent ^ _AMBIG), SAMPLE_DATA_ACK_AMBIGUOUS, o, S)
                     else:
                         nr = _emit_rtt(rtt, nr, f, ts, ts - sent, SAMPLE_DATA_ACK, o, S)
                 h = (h + 1) % ring
                 cnt -= 1
-            S[D_RING_HEAD + o, f] = h
-            S[D_RING_N + o, f] = cnt
+            S[f, D_RING_HEAD + o] = h
+            S[f, D_RING_N + o] = cnt
             # duplicate ACK (RFC 5681 sec 2): no data, no SYN/FIN/RST, same ACK and window,
             # while the other side has data outstanding
-            if (plen == 0 and not syn and not fin and not rst and ack == S[D_ACK_RAW + d, f]
-                    and win == S[D_WIN_RAW + d, f] and S[D_MAX_END + o, f] > ack_rel):
-                S[D_DUPACK + d, f] += 1
-                S[D_DUPACK_RUN + d, f] += 1
-            elif ack != S[D_ACK_RAW + d, f]:
-                S[D_DUPACK_RUN + d, f] = 0
-            S[D_ACK_TS + d, f] = ts
+            if (plen == 0 and not syn and not fin and not rst and ack == S[f, D_ACK_RAW + d]
+                    and win == S[f, D_WIN_RAW + d] and S[f, D_MAX_END + o] > ack_rel):
+                S[f, D_DUPACK + d] += 1
+                S[f, D_DUPACK_RUN + d] += 1
+            elif ack != S[f, D_ACK_RAW + d]:
+                S[f, D_DUPACK_RUN + d] = 0
+            S[f, D_ACK_TS + d] = ts
             # SACK (RFC 2018): a block above the cumulative ACK reports a hole (a loss)
             if opts & _OPT_SACK:
                 sle = np.int64(u32[8, r])
                 sle_rel = _unwrap(S, f, o, sle)
                 if sle_rel > ack_rel:
-                    if S[D_SACK_ACTIVE + d, f] == 0:
-                        S[D_SACK_EVENTS + d, f] += 1
-                    S[D_SACK_ACTIVE + d, f] = 1
+                    if S[f, D_SACK_ACTIVE + d] == 0:
+                        S[f, D_SACK_EVENTS + d] += 1
+                    S[f, D_SACK_ACTIVE + d] = 1
                 else:
-                    S[D_SACK_ACTIVE + d, f] = 0
+                    S[f, D_SACK_ACTIVE + d] = 0
             else:
-                S[D_SACK_ACTIVE + d, f] = 0
-            S[D_ACK_REL + d, f] = ack_rel
-            S[D_ACK_RAW + d, f] = ack
+                S[f, D_SACK_ACTIVE + d] = 0
+            S[f, D_ACK_REL + d] = ack_rel
+            S[f, D_ACK_RAW + d] = ack
             # receive window (RFC 7323 sec 2: scaled only when both SYNs carried the option;
             # never applied to the SYN segments themselves)
             if not syn:
-                if S[D_WS + d, f] >= 0 and S[D_WS + o, f] >= 0:
+                if S[f, D_WS + d] >= 0 and S[f, D_WS + o] >= 0:
                     # a shift above 14 is used as 14 (RFC 7323 sec 2.3)
-                    S[D_WIN_BYTES + d, f] = win << min(S[D_WS + d, f], 14)
-                elif S[D_SYN_SEEN + d, f] == 1 and S[D_SYN_SEEN + o, f] == 1:
-                    S[D_WIN_BYTES + d, f] = win
+                    S[f, D_WIN_BYTES + d] = win << min(S[f, D_WS + d], 14)
+                elif S[f, D_SYN_SEEN + d] == 1 and S[f, D_SYN_SEEN + o] == 1:
+                    S[f, D_WIN_BYTES + d] = win
                 else:
-                    S[D_WIN_BYTES + d, f] = win
-                    S[D_WINLIM_UNKNOWN + d, f] = 1
+                    S[f, D_WIN_BYTES + d] = win
+                    S[f, D_WINLIM_UNKNOWN + d] = 1
                 if win == 0 and not rst:
-                    if S[D_ZW_SINCE + d, f] < 0:
-                        S[D_ZW_SINCE + d, f] = ts
-                elif S[D_ZW_SINCE + d, f] >= 0:
-                    S[D_ZW_NS + d, f] += ts - S[D_ZW_SINCE + d, f]
-                    S[D_ZW_SINCE + d, f] = -1
-        S[D_WIN_RAW + d, f] = win
+                    if S[f, D_ZW_SINCE + d] < 0:
+                        S[f, D_ZW_SINCE + d] = ts
+                elif S[f, D_ZW_SINCE + d] >= 0:
+                    S[f, D_ZW_NS + d] += ts - S[f, D_ZW_SINCE + d]
+                    S[f, D_ZW_SINCE + d] = -1
+        S[f, D_WIN_RAW + d] = win
         # ---- was d's sending limited by the other side's receive window? -------------------
-        if plen > 0 and S[D_WIN_BYTES + o, f] >= 0 and S[D_ACK_REL + o, f] >= 0:
-            mss = S[D_MSS + d, f] if S[D_MSS + d, f] > 0 else 1460
-            inflight = S[D_MAX_END + d, f] - S[D_ACK_REL + o, f]
-            limited = inflight + mss > S[D_WIN_BYTES + o, f]
-            if limited and S[D_RWL_SINCE + d, f] < 0:
-                S[D_RWL_SINCE + d, f] = ts
-            elif not limited and S[D_RWL_SINCE + d, f] >= 0:
-                S[D_RWL_NS + d, f] += ts - S[D_RWL_SINCE + d, f]
-                S[D_RWL_SINCE + d, f] = -1
+        if plen > 0 and S[f, D_WIN_BYTES + o] >= 0 and S[f, D_ACK_REL + o] >= 0:
+            mss = S[f, D_MSS + d] if S[f, D_MSS + d] > 0 else 1460
+            inflight = S[f, D_MAX_END + d] - S[f, D_ACK_REL + o]
+            limited = inflight + mss > S[f, D_WIN_BYTES + o]
+            if limited and S[f, D_RWL_SINCE + d] < 0:
+                S[f, D_RWL_SINCE + d] = ts
+            elif not limited and S[f, D_RWL_SINCE + d] >= 0:
+                S[f, D_RWL_NS + d] += ts - S[f, D_RWL_SINCE + d]
+                S[f, D_RWL_SINCE + d] = -1
         # ---- timestamps option: TSval -> first echo (RFC 7323 sec 4.1) ---------------------
         if opts & _OPT_TS:
             tsval = np.int64(u32[4, r])
             tsecr = np.int64(u32[5, r])
-            if S[D_TS_TS + o, f] >= 0 and (flags & _TCP_ACK):
-                diff = ((tsecr - S[D_TS_VAL + o, f] + _HALF) % _MOD) - _HALF
+            if S[f, D_TS_TS + o] >= 0 and (flags & _TCP_ACK):
+                diff = ((tsecr - S[f, D_TS_VAL + o] + _HALF) % _MOD) - _HALF
                 if diff == 0:
-                    nr = _emit_rtt(rtt, nr, f, ts, ts - S[D_TS_TS + o, f], SAMPLE_TS_ECHO, o, S)
-                    S[D_TS_TS + o, f] = -1
+                    nr = _emit_rtt(rtt, nr, f, ts, ts - S[f, D_TS_TS + o], SAMPLE_TS_ECHO, o, S)
+                    S[f, D_TS_TS + o] = -1
                 elif diff > 0:
-                    S[D_TS_TS + o, f] = -1  # a later value was echoed first: no clean sample
+                    S[f, D_TS_TS + o] = -1  # a later value was echoed first: no clean sample
             # TSvals never decrease (RFC 7323 sec 5.4): a value differing from the previous
             # segment's is sent for the first time, the only time to start timing it
-            if S[D_TS_TS + d, f] < 0 and tsval != S[D_TS_PREV + d, f]:
-                S[D_TS_VAL + d, f] = tsval
-                S[D_TS_TS + d, f] = ts
-            S[D_TS_PREV + d, f] = tsval
+            if S[f, D_TS_TS + d] < 0 and tsval != S[f, D_TS_PREV + d]:
+                S[f, D_TS_VAL + d] = tsval
+                S[f, D_TS_TS + d] = ts
+            S[f, D_TS_PREV + d] = tsval
         if fin:
-            S[D_FIN + d, f] = 1
+            S[f, D_FIN + d] = 1
         if rst:
-            S[D_RST + d, f] = 1
-        if rst or (S[D_FIN, f] == 1 and S[D_FIN + 1, f] == 1):
-            S[F_CLOSED, f] = 1
+            S[f, D_RST + d] = 1
+        if rst or (S[f, D_FIN] == 1 and S[f, D_FIN + 1] == 1):
+            S[f, F_CLOSED] = 1
         nb = _bin_add(S, f, d, ts, bin_ns, good, plen, retx, bins, nb)
     return n, n_flows, nr, nb, STOP_DONE
 
 
-@kernel
+@flat_kernel
 def flush_bins(S, n_flows, bins):
     """Emit every flow's open bin and close open zero-window / window-limited intervals.
 
@@ -650,15 +654,15 @@ def flush_bins(S, n_flows, bins):
     """
     nb = 0
     for f in range(n_flows):
-        last = S[F_LAST_TS, f]
+        last = S[f, F_LAST_TS]
         for d in range(2):
-            if S[D_BIN_PKTS + d, f] > 0:
+            if S[f, D_BIN_PKTS + d] > 0:
                 nb = _emit_bin(S, f, d, bins, nb)
-                S[D_BIN_PKTS + d, f] = 0
-            if S[D_ZW_SINCE + d, f] >= 0:
-                S[D_ZW_NS + d, f] += last - S[D_ZW_SINCE + d, f]
-                S[D_ZW_SINCE + d, f] = -1
-            if S[D_RWL_SINCE + d, f] >= 0:
-                S[D_RWL_NS + d, f] += last - S[D_RWL_SINCE + d, f]
-                S[D_RWL_SINCE + d, f] = -1
+                S[f, D_BIN_PKTS + d] = 0
+            if S[f, D_ZW_SINCE + d] >= 0:
+                S[f, D_ZW_NS + d] += last - S[f, D_ZW_SINCE + d]
+                S[f, D_ZW_SINCE + d] = -1
+            if S[f, D_RWL_SINCE + d] >= 0:
+                S[f, D_RWL_NS + d] += last - S[f, D_RWL_SINCE + d]
+                S[f, D_RWL_SINCE + d] = -1
     return nb

@@ -169,6 +169,22 @@ class _Snippets:
         self.parts.setdefault((flow, d), []).append((soff, data))
 
 
+def _whole_block(v: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    """The writable C-contiguous block that a chunk's column block ``v`` (``block[:, :n]``) was
+    cut from: the kernel reads its first ``n`` columns in place. ``np.ascontiguousarray(v)``
+    copied every chunk (~20 ns a packet); this also keeps one compiled signature (writable,
+    C order) whatever made the table.
+    """
+    if v.flags.c_contiguous and v.flags.writeable:
+        return v
+    b = v.base
+    if (isinstance(b, np.ndarray) and b.ndim == 2 and b.flags.c_contiguous and b.flags.writeable
+            and b.dtype == v.dtype and b.shape[0] == v.shape[0]
+            and b.ctypes.data == v.ctypes.data):
+        return b
+    return np.array(v, order="C")
+
+
 class FlowBuilder:
     """Streaming flow analysis: feed chunks in capture order with :meth:`add`, then :meth:`finish`."""
 
@@ -184,9 +200,9 @@ class FlowBuilder:
         self.snip_max = int(snip_max)
         self.ring = int(ring)
         cap = max(int(initial_flows), 16)
-        self._S = np.zeros((K.N_FIELDS, cap), dtype=np.int64)
-        self._A = np.zeros((4, cap), dtype=np.uint64)
-        self._R = np.zeros((4 * self.ring, cap), dtype=np.int64)
+        self._S = np.zeros((cap, K.N_FIELDS), dtype=np.int64)  # flow-major, as _A and _R
+        self._A = np.zeros((cap, 4), dtype=np.uint64)
+        self._R = np.zeros((cap, 4 * self.ring), dtype=np.int64)
         self._H = np.zeros(4 * cap, dtype=np.int64)
         self.n_flows = 0
         self._rtt_parts: list[npt.NDArray[np.int64]] = []
@@ -200,11 +216,11 @@ class FlowBuilder:
         self._finished = False
 
     def _grow(self) -> None:
-        cap = self._S.shape[1] * 2
+        cap = self._S.shape[0] * 2
         for name in ("_S", "_A", "_R"):
             old = getattr(self, name)
-            new = np.zeros((old.shape[0], cap), dtype=old.dtype)
-            new[:, : old.shape[1]] = old
+            new = np.zeros((cap, old.shape[1]), dtype=old.dtype)
+            new[: old.shape[0]] = old
             setattr(self, name, new)
         self._H = np.zeros(4 * cap, dtype=np.int64)
         K.rehash(self._H, self._A, self._S, self.n_flows)
@@ -225,10 +241,10 @@ class FlowBuilder:
         rtt = np.empty((5, 2 * n + 16), dtype=np.int64)
         bins = np.empty((7, n + 16), dtype=np.int64)
         row, nr, nb = 0, 0, 0
-        i64, u64, u32, u16, u8 = (np.ascontiguousarray(b[k]) for k in ("i64", "u64", "u32", "u16", "u8"))
+        i64, u64, u32, u16, u8 = (_whole_block(b[k]) for k in ("i64", "u64", "u32", "u16", "u8"))
         while True:
             row, self.n_flows, nr, nb, stop = K.flow_pass(
-                i64, u64, u32, u16, u8, row, chunk.data, chunk.data_offset,
+                i64, u64, u32, u16, u8, n, row, chunk.data, chunk.data_offset,
                 self.bin_ns, self.ooo_ns, self.snip_max,
                 self._H, self._A, self._S, self._R, self.n_flows, self.ring,
                 out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr, nb)
@@ -242,13 +258,13 @@ class FlowBuilder:
             self._bin_parts.append(bins[:, :nb].copy())
         sel = np.flatnonzero(out_snip)
         if sel.size:
-            poff = t.payload_off[sel] - chunk.data_offset
-            pcap = t.payload_caplen[sel]
-            data = chunk.data
-            for k, r in enumerate(sel):
-                lo = int(poff[k])
-                self._snips.add(int(out_flow[r]), int(out_dir[r]), int(out_soff[r]),
-                                data[lo : lo + int(pcap[k])].tobytes())
+            lo = t.payload_off[sel] - chunk.data_offset
+            hi = lo + t.payload_caplen[sel]
+            data = memoryview(chunk.data.data)
+            keep = self._snips.add
+            for fl, d, soff, a, z in zip(out_flow[sel].tolist(), out_dir[sel].tolist(),
+                                         out_soff[sel].tolist(), lo.tolist(), hi.tolist(), strict=True):
+                keep(fl, d, soff, bytes(data[a:z]))
         return RowFlows(out_flow, out_dir, out_good, out_class)
 
     def _thin_rtt(self, r: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -274,7 +290,7 @@ class FlowBuilder:
         """Close open intervals and bins; build the flow table and its timing series."""
         self._finished = True
         nf = self.n_flows
-        S, A = self._S[:, :nf], self._A[:, :nf]
+        S, A = self._S[:nf].T, self._A[:nf].T  # field-major views for _orient and _handshakes
         tail = np.empty((7, 2 * nf + 1), dtype=np.int64)
         nb = K.flush_bins(self._S, nf, tail)
         bins = np.concatenate(self._bin_parts + [tail[:, :nb]], axis=1) if (self._bin_parts or nb) else np.zeros((7, 0), np.int64)

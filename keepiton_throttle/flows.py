@@ -205,7 +205,8 @@ class FlowBuilder:
         self._R = np.zeros((cap, 4 * self.ring), dtype=np.int64)
         self._H = np.zeros(4 * cap, dtype=np.int64)
         self.n_flows = 0
-        self._rtt_parts: list[npt.NDArray[np.int64]] = []
+        # RTT samples, kept compact until finish(): (flow int32, ts, rtt, kind int8, dir int8)
+        self._rtt_parts: list[tuple[npt.NDArray[Any], ...]] = []
         if max_rtt_samples < 1:
             raise ValueError(f"max_rtt_samples must be >= 1, got {max_rtt_samples}")
         self.max_rtt_samples = int(max_rtt_samples)
@@ -267,7 +268,7 @@ class FlowBuilder:
                 keep(fl, d, soff, bytes(data[a:z]))
         return RowFlows(out_flow, out_dir, out_good, out_class)
 
-    def _thin_rtt(self, r: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    def _thin_rtt(self, r: npt.NDArray[np.int64]) -> tuple[npt.NDArray[Any], ...]:
         """Keep a flow's first ``max_rtt_samples`` RTT samples, then every k-th with k growing
         as the count does (k = n // max + 1), so that a long flow's samples grow with the log of
         its length, not linearly: memory stays bounded whatever the capture's size."""
@@ -284,7 +285,27 @@ class FlowBuilder:
         self._rtt_seen += np.bincount(f, minlength=self._rtt_seen.size)[: self._rtt_seen.size]
         cap = self.max_rtt_samples
         keep = (idx < cap) | (idx % (idx // cap + 1) == 0)
-        return r[:, keep].copy()
+        k = r[:, keep]
+        return (k[0].astype(np.int32), k[1].copy(), k[2].copy(), k[3].astype(np.int8),
+                k[4].astype(np.int8))
+
+    def _sorted_rtts(self, client: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """All RTT samples as one (5, n) int64 block sorted by (flow, ts), oriented (row 4:
+        1 when the client sent the timed data), built with one full-size allocation: the
+        compact parts are concatenated field by field and dropped first, so the peak is about
+        twice the final block, not four times (a 1 GB capture has millions of samples)."""
+        parts, self._rtt_parts = self._rtt_parts, []
+        if not parts:
+            return np.zeros((5, 0), dtype=np.int64)
+        cols = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+        del parts
+        order = np.lexsort((cols[1], cols[0]))
+        out = np.empty((5, order.size), dtype=np.int64)
+        for i in range(4):
+            out[i] = cols[i][order]
+            cols[i] = cols[i][:0]  # free as we go
+        out[4] = cols[4][order] == client[out[0]]
+        return out
 
     def finish(self) -> tuple[FlowTable, TimingSeries]:
         """Close open intervals and bins; build the flow table and its timing series."""
@@ -294,16 +315,13 @@ class FlowBuilder:
         tail = np.empty((7, 2 * nf + 1), dtype=np.int64)
         nb = K.flush_bins(self._S, nf, tail)
         bins = np.concatenate(self._bin_parts + [tail[:, :nb]], axis=1) if (self._bin_parts or nb) else np.zeros((7, 0), np.int64)
-        rtts = np.concatenate(self._rtt_parts, axis=1) if self._rtt_parts else np.zeros((5, 0), np.int64)
         client = S[K.F_CLIENT]  # 0: A is the client
         # orient bins and samples client -> server
         if bins.shape[1]:
             bins = bins.copy()
             bins[1] = (bins[1] == client[bins[0]]).astype(np.int64)  # 1: up
-        if rtts.shape[1]:
-            rtts = rtts.copy()
-            rtts[4] = (rtts[4] == client[rtts[0]]).astype(np.int64)  # 1: sender is client
-        series = TimingSeries.build(self.bin_ns, bins, rtts, nf)
+        rtts = self._sorted_rtts(client)
+        series = TimingSeries.build(self.bin_ns, bins, rtts, nf, rtts_sorted=True)
         cols = _orient(S, A, client)
         hello = _handshakes(self._snips, S, client, nf)
         table = FlowTable(cols=cols, hello=hello, n=nf)

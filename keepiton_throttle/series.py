@@ -109,7 +109,7 @@ class TimingSeries:
 
     @classmethod
     def build(cls, bin_ns: int, bins: npt.NDArray[np.int64], rtts: npt.NDArray[np.int64],
-              n_flows: int) -> TimingSeries:
+              n_flows: int, *, rtts_sorted: bool = False) -> TimingSeries:
         if bins.shape[1]:
             order = np.lexsort((bins[2], bins[1], bins[0]))
             bins = bins[:, order]
@@ -121,7 +121,7 @@ class TimingSeries:
                 starts = np.flatnonzero(first)
                 bins = np.vstack([bins[:3, starts], np.add.reduceat(bins[3:], starts, axis=1)])
             bins = np.ascontiguousarray(bins)
-        if rtts.shape[1]:
+        if rtts.shape[1] and not rtts_sorted:
             order = np.lexsort((rtts[1], rtts[0]))
             rtts = np.ascontiguousarray(rtts[:, order])
         flows = np.arange(n_flows + 1)

@@ -165,7 +165,7 @@ class CaptureReader:
         if chunk_bytes < 4096:
             raise ValueError(f"chunk_bytes must be at least 4096, got {chunk_bytes}")
         self.chunk_bytes = chunk_bytes
-        self.rows_per_chunk = rows_per_chunk or max(chunk_bytes // 32, 1024)
+        self.rows_per_chunk = rows_per_chunk or max(chunk_bytes // 64, 1024)
         self.reuse_buffers = reuse_buffers
         self.info = CaptureInfo(path=self.path)
         self.stats = ReadStats()

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -40,6 +41,22 @@ def _input_error(path: str, message: str) -> None:
                f"throttle-check: error: {path}: {message}", err=True)
 
 
+T = TypeVar("T")
+
+
+def _read_or_report(path: str, read: Callable[[str], T]) -> T | None:
+    """``read(path)``, or None after one error line on stderr when the file cannot be read."""
+    from .errors import InputError
+
+    try:
+        return read(path)
+    except InputError as exc:
+        _input_error(path, str(exc))
+    except OSError as exc:
+        _input_error(path, exc.strerror or str(exc))
+    return None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="throttle-check")
 def main() -> None:
@@ -63,20 +80,13 @@ def inspect(files: tuple[str, ...], as_json: bool) -> None:
     is read up to the damage, which is reported; a file that is not a capture at all is
     reported on stderr and makes the exit status 2.
     """
-    from .errors import InputError
     from .summary import summarize
 
     failed = False
     rows = []
     for path in files:
-        try:
-            s = summarize(path)
-        except InputError as exc:
-            _input_error(path, str(exc))
-            failed = True
-            continue
-        except OSError as exc:
-            _input_error(path, exc.strerror or str(exc))
+        s = _read_or_report(path, summarize)
+        if s is None:
             failed = True
             continue
         if as_json:
@@ -163,7 +173,6 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
     """
     import fnmatch
 
-    from .errors import InputError
     from .flows import analyze_file, flow_records
 
     if as_json and as_csv:
@@ -171,16 +180,11 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
     failed = False
     records: list[dict[str, Any]] = []
     for path in files:
-        try:
-            table, series = analyze_file(path, bin_ns=int(bin_ms * 1e6))
-        except InputError as exc:
-            _input_error(path, str(exc))
+        got = _read_or_report(path, lambda p: analyze_file(p, bin_ns=int(bin_ms * 1e6)))
+        if got is None:
             failed = True
             continue
-        except OSError as exc:
-            _input_error(path, exc.strerror or str(exc))
-            failed = True
-            continue
+        table, series = got
         for rec in flow_records(table, series):
             if sni_patterns and not (rec["sni"] and any(
                     fnmatch.fnmatchcase(rec["sni"].lower(), p.lower()) for p in sni_patterns)):

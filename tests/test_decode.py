@@ -279,3 +279,20 @@ def test_chunking_gives_the_same_table(write_file):  # type: ignore[no-untyped-d
         for i in range(min(t.n, 5)):
             off = int(t.payload_off[i]) - c.data_offset
             assert bytes(c.data[off : off + 1]) == b"y" or t.payload_len[i] == 0
+
+
+def test_kept_chunks_are_never_overwritten_by_recycled_blocks(write_file):  # type: ignore[no-untyped-def]
+    """The reader reuses output blocks only once no view of them is alive."""
+    import numpy as np
+
+    from keepiton_throttle.sources.capture import CaptureReader
+
+    frames = [bytes(Ether() / IP4 / tcp_pkt(b"z" * (i % 200))) for i in range(3000)]
+    path = write_file(pcap_bytes([(TS + i * 1000, f) for i, f in enumerate(frames)]))
+    with CaptureReader(path, chunk_bytes=4096, rows_per_chunk=1024) as r:
+        kept = [c.table for c in r]  # every chunk kept alive
+    with CaptureReader(path, chunk_bytes=4096, rows_per_chunk=1024) as r:
+        fresh = [c.table.ts_ns.copy() for c in r]  # each chunk dropped: blocks get recycled
+    assert len(kept) == len(fresh) > 10
+    for t, ts in zip(kept, fresh, strict=True):
+        assert np.array_equal(t.ts_ns, ts)

@@ -179,6 +179,7 @@ class CaptureReader:
         self._mm: Any = None
         self._map: np.ndarray | None = None
         self._released = 0
+        self._no_populate = False
         self._spare: list[dict[str, np.ndarray]] = []
         self._swapped = False
         self._fmt = 0
@@ -265,6 +266,21 @@ class CaptureReader:
         blocks = allocate_blocks(self.rows_per_chunk)
         self._spare = [blocks, *self._spare[:1]]
         return blocks
+
+    def _populate(self, start: int, end: int) -> None:
+        """Map the window's pages in one system call (MADV_POPULATE_READ, Linux 5.14+) instead
+        of one page fault per 4 KiB as the kernel reads them: ~2,000 faults per 8 MiB window.
+        Silently skipped where the kernel does not know the advice."""
+        import mmap
+
+        if self._mm is None or not hasattr(self._mm, "madvise") or self._no_populate:
+            return
+        page = mmap.PAGESIZE
+        lo = (start // page) * page
+        try:
+            self._mm.madvise(getattr(mmap, "MADV_POPULATE_READ", 22), lo, end - lo)
+        except (OSError, ValueError):
+            self._no_populate = True
 
     def _release(self, upto: int) -> None:
         """Drop the mapped pages before ``upto`` from this process (MADV_DONTNEED): mapped file
@@ -450,6 +466,7 @@ class CaptureReader:
                 # the chunk is a window on the mapped file: nothing is copied
                 self._release(carry_off)
                 end = min(self._map.size, carry_off + size)
+                self._populate(carry_off, end)
                 buf = self._map[carry_off:end]
                 valid = end - carry_off
                 self.stats.bytes_read = end

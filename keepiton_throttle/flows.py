@@ -43,6 +43,8 @@ DEFAULT_OOO_NS = 3_000_000
 DEFAULT_SNIP_MAX = 8
 #: RTT samples kept in full per flow; beyond, every k-th (see FlowBuilder._thin_rtt)
 DEFAULT_MAX_RTT_SAMPLES = 10_000
+#: RTT samples kept in full per capture; beyond, every k-th (about 40 MB for the budget)
+DEFAULT_RTT_BUDGET = 1_000_000
 #: outstanding data segments remembered per direction for data -> ACK RTT samples; fewer than
 #: a window's worth biases the samples towards small-window phases (64: ~2 KiB per flow)
 DEFAULT_RING = 64
@@ -211,6 +213,7 @@ class FlowBuilder:
             raise ValueError(f"max_rtt_samples must be >= 1, got {max_rtt_samples}")
         self.max_rtt_samples = int(max_rtt_samples)
         self._rtt_seen = np.zeros(cap, dtype=np.int64)
+        self._rtt_total = 0
         self._bin_parts: list[npt.NDArray[np.int64]] = []
         self._snips = _Snippets()
         self.packets = 0
@@ -271,7 +274,8 @@ class FlowBuilder:
     def _thin_rtt(self, r: npt.NDArray[np.int64]) -> tuple[npt.NDArray[Any], ...]:
         """Keep a flow's first ``max_rtt_samples`` RTT samples, then every k-th with k growing
         as the count does (k = n // max + 1), so that a long flow's samples grow with the log of
-        its length, not linearly: memory stays bounded whatever the capture's size."""
+        its length, not linearly; and the capture's first ``DEFAULT_RTT_BUDGET`` samples, then
+        every k-th likewise: memory stays bounded whatever the capture's size."""
         if self._rtt_seen.size < self.n_flows:
             grown = np.zeros(max(self.n_flows, 2 * self._rtt_seen.size), dtype=np.int64)
             grown[: self._rtt_seen.size] = self._rtt_seen
@@ -285,6 +289,12 @@ class FlowBuilder:
         self._rtt_seen += np.bincount(f, minlength=self._rtt_seen.size)[: self._rtt_seen.size]
         cap = self.max_rtt_samples
         keep = (idx < cap) | (idx % (idx // cap + 1) == 0)
+        # and a budget for the whole capture: past it, every k-th sample of every flow, k
+        # growing with the total, so that memory stays bounded with many flows too
+        g = self._rtt_total + np.cumsum(keep) - 1
+        self._rtt_total += int(keep.sum())
+        budget = DEFAULT_RTT_BUDGET
+        keep &= (g < budget) | (g % (g // budget + 1) == 0)
         k = r[:, keep]
         return (k[0].astype(np.int32), k[1].copy(), k[2].copy(), k[3].astype(np.int8),
                 k[4].astype(np.int8))

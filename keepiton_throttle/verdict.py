@@ -56,6 +56,7 @@ REASONS = {
     "rate_cap_after_burst": "the target ran fast, then at a much lower fixed rate (a token bucket)",
     "order_of_magnitude_slower": "the target was over ten times slower than controls on the same path",
     "similar_to_controls": "target goodput is close to the controls'",
+    "shared_path_loss": "controls lose packets as much as the target: the path's random loss, not a throttle",
     "capture_damaged": "a capture was damaged; the verdict uses what could be read",
     "baseline_used": "compared with a stored baseline instead of controls in the capture",
 }
@@ -389,6 +390,9 @@ def _decide(g: _Group, p_adj: float | None, cfg: DetectionConfig, *, baseline_us
         if not symptoms:
             # slower, but nothing a throttle leaves behind: one unlucky flow on a lossy or
             # jittery path looks like this (Mathis: goodput ~ 1/sqrt(loss) varies a lot)
+            if _shared_path_loss(usable_t, usable_c, cfg):
+                reasons.append("shared_path_loss")
+                return verdict(NOT_THROTTLED)
             reasons.append("no_differential_symptom")
             return verdict(INCONCLUSIVE)
         reasons.append("significant_and_large")
@@ -405,6 +409,11 @@ def _decide(g: _Group, p_adj: float | None, cfg: DetectionConfig, *, baseline_us
         # as a whole moved at the controls' speed: a throttled flow cannot do that
         reasons.append("similar_to_controls")
         return verdict(NOT_THROTTLED)
+    if _shared_path_loss(usable_t, usable_c, cfg) and not differential_symptoms(usable_t, usable_c, cfg):
+        # the controls lose packets as much as the target does and the target shows nothing a
+        # throttle leaves: the difference is the path's random loss (Mathis et al. 1997)
+        reasons.append("shared_path_loss")
+        return verdict(NOT_THROTTLED)
     if not significant:
         reasons.append("not_significant")
         if r.area >= 0.5 and r.ks_pvalue >= cfg.alpha:
@@ -412,3 +421,16 @@ def _decide(g: _Group, p_adj: float | None, cfg: DetectionConfig, *, baseline_us
     else:
         reasons.append("ratio_ci_crosses_threshold")
     return verdict(INCONCLUSIVE)
+
+
+def _shared_path_loss(targets: Sequence[FlowEvidence], controls: Sequence[FlowEvidence],
+                      cfg: DetectionConfig) -> bool:
+    """TCP on a lossy path: controls retransmit at least 0.5 % of their segments, and the
+    target at most ``loss_factor`` times as much (no excess). Its goodput then varies with
+    the luck of its losses, not with a throttle (a policer's drops would be an excess)."""
+    if any(f.transport != "tcp" for f in [*targets, *controls]):
+        return False
+    closs = _median([c.loss_fraction for c in controls])
+    tloss = _median([t.loss_fraction for t in targets])
+    return (closs is not None and tloss is not None and closs >= 0.005
+            and tloss <= cfg.loss_factor * closs + cfg.min_loss_excess)

@@ -109,8 +109,20 @@ def test_clean_and_lossy_paths_are_not_throttled(profile_name: str, tmp_path: Pa
     got = _by_transport(report)
     assert set(got) == {"tcp", "quic"}
     for transport, e in got.items():
-        assert e["decision"] == "not_throttled", (transport, e["reasons"], e["ratio"], e["notes"])
         assert e["trigger"] == {"tested": False}
+        why = (transport, e["decision"], e["reasons"], e["ratio"], e["notes"])
+        if profile_name == "lossy" and transport == "quic":
+            # QUIC's losses are encrypted, so the shared-path-loss rule cannot clear it: with two
+            # downloads a side, 2 % loss can leave the targets at half the controls' goodput by
+            # chance (seen in CI: 2.0 and 2.3 vs 4.8 and 5.8 Mbit/s), and then the honest answer
+            # is "inconclusive" (CI straddling 0.5, or no symptom), never "throttled"
+            assert e["decision"] in ("not_throttled", "inconclusive"), why
+            if e["decision"] == "inconclusive":
+                assert "significant_and_large" not in e["reasons"], why
+                assert {"ratio_ci_crosses_threshold", "no_differential_symptom",
+                        "not_significant"} & set(e["reasons"]), why
+        else:
+            assert e["decision"] == "not_throttled", why
 
 
 def test_slow_link_is_never_throttled(tmp_path: Path) -> None:

@@ -582,6 +582,13 @@ def test_kt_bench_prints_one_json_line(tmp_path: Path) -> None:
     table, _, _ = read_capture(path)
     assert result["records"] == table.records and result["rows"] == table.n
     assert result["damage"] == 0 and result["packets_per_s"] > 0 and result["max_rss_kib"] > 0
+    assert result["seconds_warm"] > 0 and result["packets_per_s_warm"] > 0
+    for kind, key, other in (("fresh", "seconds", "seconds_warm"), ("warm", "seconds_warm", "seconds")):
+        one = json.loads(subprocess.run([str(bench), str(path), "1", kind], capture_output=True,
+                                        text=True, check=True).stdout)
+        assert one[key] > 0 and one[other] == 0 and one["records"] == table.records
+    bad = subprocess.run([str(bench), str(path), "1", "lukewarm"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "fresh, warm or both" in bad.stderr
     gz = tmp_path / "frames.pcap.gz"
     gz.write_bytes(gzip.compress(CASES["ethernet_frames"]))
     refused = subprocess.run([str(bench), str(gz)], capture_output=True, text=True)

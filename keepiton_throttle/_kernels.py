@@ -41,7 +41,9 @@ F_QUIC_SR_TS = 14  # first server long-header packet after it
 F_PREV = 15  # earlier flow with the same 5-tuple (port reuse), -1
 F_ENCAP = 16
 F_SYN_SEQ = 17  # seq of the SYN that opened the flow (port-reuse detection)
-F_NFIELDS_FLOW = 18
+F_RTT_SEEN = 18  # RTT samples the flow produced (thinning, see _emit_rtt)
+F_RTT_KEPT = 19  # of them kept: the next kept sample's rank in its flow
+F_NFIELDS_FLOW = 20
 
 # -- per-direction fields (add d in {0, 1}) -------------------------------------------------
 _D = F_NFIELDS_FLOW
@@ -323,24 +325,44 @@ def _ooo_threshold(S, f, default_ns):
 
 
 @inline_kernel
-def _emit_rtt(rtt, nr, f, ts, value, kind, d, S):
+def _emit_rtt(rtt, nr, f, ts, value, kind, d, S, lim):
+    """Record an RTT sample of flow ``f`` (its minimum always; the sample itself if thinning
+    keeps it). ``lim`` = [per-flow count kept in full, per-capture budget, samples counted
+    against the budget so far]: a flow's first lim[0] samples are kept, then its i-th when
+    i % (i // lim[0] + 1) == 0, so a long flow's samples grow with the log of its length; of
+    those, the capture's first lim[1], then the g-th when g % (g // lim[1] + 1) == 0. Row 5 of
+    ``rtt`` is the sample's rank among its flow's kept samples (to order them without a sort).
+    """
     if value <= 0:
         return nr  # a zero or negative RTT is a timestamp artefact, not a measurement
+    m = S[f, D_MIN_RTT + d]
+    if (kind == SAMPLE_DATA_ACK or kind == SAMPLE_TS_ECHO) and (m < 0 or value < m):
+        S[f, D_MIN_RTT + d] = value
+    i = S[f, F_RTT_SEEN]
+    S[f, F_RTT_SEEN] = i + 1
+    cap = lim[0]
+    if i >= cap and i % (i // cap + 1) != 0:
+        return nr
+    g = lim[2]
+    lim[2] = g + 1
+    budget = lim[1]
+    if g >= budget and g % (g // budget + 1) != 0:
+        return nr
     rtt[0, nr] = f
     rtt[1, nr] = ts
     rtt[2, nr] = value
     rtt[3, nr] = kind
     rtt[4, nr] = d
-    m = S[f, D_MIN_RTT + d]
-    if (kind == SAMPLE_DATA_ACK or kind == SAMPLE_TS_ECHO) and (m < 0 or value < m):
-        S[f, D_MIN_RTT + d] = value
+    rtt[5, nr] = S[f, F_RTT_KEPT]
+    S[f, F_RTT_KEPT] += 1
     return nr + 1
 
 
 @flat_kernel
 def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, snip_max,
               H, A, S, R, n_flows, ring,
-              out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr0, nb0):
+              out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr0, nb0,
+              rtt_lim):
     """Analyse rows ``row0..n-1`` of a packet-table chunk (blocks as in packets.py, at least
     ``n`` columns wide: the reader's whole output blocks, read in place).
 
@@ -348,8 +370,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
     Writes per row: ``out_flow`` (-1: not a TCP/UDP flow packet), ``out_dir`` (0 A->B),
     ``out_soff`` (TCP: byte offset of the payload in its direction's stream), ``out_snip``
     (1: keep this payload for handshake parsing), ``out_good`` (unique payload bytes the row
-    delivered), ``out_class`` (CLASS_*: retransmission / out-of-order). Appends RTT samples to ``rtt`` from column
-    ``nr0`` and finished bins to ``bins`` from ``nb0``.
+    delivered), ``out_class`` (CLASS_*: retransmission / out-of-order). Appends RTT samples to
+    ``rtt`` (6 rows, see ``_emit_rtt``; thinned by ``rtt_lim``) from column ``nr0`` and
+    finished bins to ``bins`` from ``nb0``.
 
     Returns (next row, n_flows, nr, nb, stop): STOP_FLOWS_FULL asks the caller to grow the
     flow arrays (and hash table) and call again from the returned row.
@@ -443,7 +466,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
                     last = S[f, D_SPIN_LAST + d]
                     if last >= 0 and spin != last:
                         if S[f, D_SPIN_FLIPS + d] >= 1:
-                            nr = _emit_rtt(rtt, nr, f, ts, ts - S[f, D_SPIN_TS + d], SAMPLE_SPIN, d, S)
+                            nr = _emit_rtt(rtt, nr, f, ts, ts - S[f, D_SPIN_TS + d], SAMPLE_SPIN, d, S, rtt_lim)
                         S[f, D_SPIN_TS + d] = ts
                         S[f, D_SPIN_FLIPS + d] += 1
                     S[f, D_SPIN_LAST + d] = spin
@@ -561,9 +584,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
                 if e == ack_rel:
                     sent = R[f, base_o + 2 * h + 1]
                     if sent & _AMBIG:
-                        nr = _emit_rtt(rtt, nr, f, ts, ts - (sent ^ _AMBIG), SAMPLE_DATA_ACK_AMBIGUOUS, o, S)
+                        nr = _emit_rtt(rtt, nr, f, ts, ts - (sent ^ _AMBIG), SAMPLE_DATA_ACK_AMBIGUOUS, o, S, rtt_lim)
                     else:
-                        nr = _emit_rtt(rtt, nr, f, ts, ts - sent, SAMPLE_DATA_ACK, o, S)
+                        nr = _emit_rtt(rtt, nr, f, ts, ts - sent, SAMPLE_DATA_ACK, o, S, rtt_lim)
                 h = (h + 1) % ring
                 cnt -= 1
             S[f, D_RING_HEAD + o] = h
@@ -626,7 +649,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
             if S[f, D_TS_TS + o] >= 0 and (flags & _TCP_ACK):
                 diff = ((tsecr - S[f, D_TS_VAL + o] + _HALF) % _MOD) - _HALF
                 if diff == 0:
-                    nr = _emit_rtt(rtt, nr, f, ts, ts - S[f, D_TS_TS + o], SAMPLE_TS_ECHO, o, S)
+                    nr = _emit_rtt(rtt, nr, f, ts, ts - S[f, D_TS_TS + o], SAMPLE_TS_ECHO, o, S, rtt_lim)
                     S[f, D_TS_TS + o] = -1
                 elif diff > 0:
                     S[f, D_TS_TS + o] = -1  # a later value was echoed first: no clean sample

@@ -41,7 +41,7 @@ DEFAULT_BIN_NS = 100_000_000
 DEFAULT_OOO_NS = 3_000_000
 #: client payload packets kept per flow and direction for ClientHello / Initial parsing
 DEFAULT_SNIP_MAX = 8
-#: RTT samples kept in full per flow; beyond, every k-th (see FlowBuilder._thin_rtt)
+#: RTT samples kept in full per flow; beyond, every k-th (see ``_kernels._emit_rtt``)
 DEFAULT_MAX_RTT_SAMPLES = 10_000
 #: RTT samples kept in full per capture; beyond, every k-th (about 40 MB for the budget)
 DEFAULT_RTT_BUDGET = 1_000_000
@@ -192,7 +192,8 @@ class FlowBuilder:
 
     def __init__(self, *, bin_ns: int = DEFAULT_BIN_NS, ooo_ns: int = DEFAULT_OOO_NS,
                  snip_max: int = DEFAULT_SNIP_MAX, ring: int = DEFAULT_RING,
-                 initial_flows: int = 1024, max_rtt_samples: int = DEFAULT_MAX_RTT_SAMPLES) -> None:
+                 initial_flows: int = 1024, max_rtt_samples: int = DEFAULT_MAX_RTT_SAMPLES,
+                 rtt_budget: int = DEFAULT_RTT_BUDGET) -> None:
         if bin_ns <= 0:
             raise ValueError(f"bin_ns must be positive (ns), got {bin_ns}")
         if ring < 1 or snip_max < 0:
@@ -207,13 +208,17 @@ class FlowBuilder:
         self._R = np.zeros((cap, 4 * self.ring), dtype=np.int64)
         self._H = np.zeros(4 * cap, dtype=np.int64)
         self.n_flows = 0
-        # RTT samples, kept compact until finish(): (flow int32, ts, rtt, kind int8, dir int8)
+        # RTT samples, kept compact until finish(): (flow int32, ts, rtt, kind int8, dir int8,
+        # rank in flow int32), thinned in the kernel (see _kernels._emit_rtt)
         self._rtt_parts: list[tuple[npt.NDArray[Any], ...]] = []
-        if max_rtt_samples < 1:
-            raise ValueError(f"max_rtt_samples must be >= 1, got {max_rtt_samples}")
+        if max_rtt_samples < 1 or rtt_budget < 1:
+            raise ValueError(f"max_rtt_samples and rtt_budget must be >= 1, got {max_rtt_samples}, "
+                             f"{rtt_budget}")
         self.max_rtt_samples = int(max_rtt_samples)
-        self._rtt_seen = np.zeros(cap, dtype=np.int64)
-        self._rtt_total = 0
+        self.rtt_budget = int(rtt_budget)
+        self._rtt_lim = np.array([self.max_rtt_samples, self.rtt_budget, 0], dtype=np.int64)
+        # per-chunk scratch, reused (fresh arrays of this size cost a page fault per 4 KiB)
+        self._scratch: dict[str, npt.NDArray[Any]] = {}
         self._bin_parts: list[npt.NDArray[np.int64]] = []
         self._snips = _Snippets()
         self.packets = 0
@@ -238,12 +243,9 @@ class FlowBuilder:
         b = t.blocks
         out_flow = np.empty(n, dtype=np.int64)
         out_dir = np.empty(n, dtype=np.uint8)
-        out_soff = np.empty(n, dtype=np.int64)
-        out_snip = np.empty(n, dtype=np.uint8)
         out_good = np.empty(n, dtype=np.int64)
         out_class = np.empty(n, dtype=np.uint8)
-        rtt = np.empty((5, 2 * n + 16), dtype=np.int64)
-        bins = np.empty((7, n + 16), dtype=np.int64)
+        out_soff, out_snip, rtt, bins = self._scratch_for(n)
         row, nr, nb = 0, 0, 0
         i64, u64, u32, u16, u8 = (_whole_block(b[k]) for k in ("i64", "u64", "u32", "u16", "u8"))
         while True:
@@ -251,16 +253,19 @@ class FlowBuilder:
                 i64, u64, u32, u16, u8, n, row, chunk.data, chunk.data_offset,
                 self.bin_ns, self.ooo_ns, self.snip_max,
                 self._H, self._A, self._S, self._R, self.n_flows, self.ring,
-                out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr, nb)
+                out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr, nb,
+                self._rtt_lim)
             if stop == K.STOP_DONE:
                 break
             self._grow()
         self.packets += n
         if nr:
-            self._rtt_parts.append(self._thin_rtt(rtt[:, :nr]))
+            k = rtt[:, :nr]
+            self._rtt_parts.append((k[0].astype(np.int32), k[1].copy(), k[2].copy(),
+                                    k[3].astype(np.int8), k[4].astype(np.int8), k[5].astype(np.int32)))
         if nb:
             self._bin_parts.append(bins[:, :nb].copy())
-        sel = np.flatnonzero(out_snip)
+        sel = np.flatnonzero(out_snip[:n])
         if sel.size:
             lo = t.payload_off[sel] - chunk.data_offset
             hi = lo + t.payload_caplen[sel]
@@ -271,50 +276,43 @@ class FlowBuilder:
                 keep(fl, d, soff, bytes(data[a:z]))
         return RowFlows(out_flow, out_dir, out_good, out_class)
 
-    def _thin_rtt(self, r: npt.NDArray[np.int64]) -> tuple[npt.NDArray[Any], ...]:
-        """Keep a flow's first ``max_rtt_samples`` RTT samples, then every k-th with k growing
-        as the count does (k = n // max + 1), so that a long flow's samples grow with the log of
-        its length, not linearly; and the capture's first ``DEFAULT_RTT_BUDGET`` samples, then
-        every k-th likewise: memory stays bounded whatever the capture's size."""
-        if self._rtt_seen.size < self.n_flows:
-            grown = np.zeros(max(self.n_flows, 2 * self._rtt_seen.size), dtype=np.int64)
-            grown[: self._rtt_seen.size] = self._rtt_seen
-            self._rtt_seen = grown
-        f = r[0]
-        order = np.argsort(f, kind="stable")
-        fs = f[order]
-        rank = np.empty(f.size, dtype=np.int64)
-        rank[order] = np.arange(fs.size) - np.searchsorted(fs, fs, side="left")
-        idx = self._rtt_seen[f] + rank
-        self._rtt_seen += np.bincount(f, minlength=self._rtt_seen.size)[: self._rtt_seen.size]
-        cap = self.max_rtt_samples
-        keep = (idx < cap) | (idx % (idx // cap + 1) == 0)
-        # and a budget for the whole capture: past it, every k-th sample of every flow, k
-        # growing with the total, so that memory stays bounded with many flows too
-        g = self._rtt_total + np.cumsum(keep) - 1
-        self._rtt_total += int(keep.sum())
-        budget = DEFAULT_RTT_BUDGET
-        keep &= (g < budget) | (g % (g // budget + 1) == 0)
-        k = r[:, keep]
-        return (k[0].astype(np.int32), k[1].copy(), k[2].copy(), k[3].astype(np.int8),
-                k[4].astype(np.int8))
+    def _scratch_for(self, n: int) -> tuple[npt.NDArray[Any], ...]:
+        """The kernel's per-chunk outputs that do not leave ``add``, sized for ``n`` rows."""
+        sc = self._scratch
+        if not sc or sc["soff"].size < n:
+            m = max(n, 1024)
+            sc["soff"] = np.empty(m, dtype=np.int64)
+            sc["snip"] = np.empty(m, dtype=np.uint8)
+            sc["rtt"] = np.empty((6, 2 * m + 16), dtype=np.int64)
+            sc["bins"] = np.empty((7, m + 16), dtype=np.int64)
+        return sc["soff"], sc["snip"], sc["rtt"], sc["bins"]
 
     def _sorted_rtts(self, client: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """All RTT samples as one (5, n) int64 block sorted by (flow, ts), oriented (row 4:
-        1 when the client sent the timed data), built with one full-size allocation: the
-        compact parts are concatenated field by field and dropped first, so the peak is about
-        twice the final block, not four times (a 1 GB capture has millions of samples)."""
+        1 when the client sent the timed data). Each sample goes straight to its place (its
+        flow's start + its rank in the flow, from the kernel): capture order within a flow is
+        time order unless the capture's clock stepped back, which is checked, and then sorted.
+        The compact parts are concatenated field by field and dropped as they are placed, so
+        the peak is about twice the final block (a 1 GB capture has millions of samples)."""
         parts, self._rtt_parts = self._rtt_parts, []
         if not parts:
             return np.zeros((5, 0), dtype=np.int64)
-        cols = [np.concatenate([p[i] for p in parts]) for i in range(5)]
+        flow = np.concatenate([p[0] for p in parts])
+        rank = np.concatenate([p[5] for p in parts])
+        starts = np.zeros(self.n_flows, dtype=np.int64)
+        np.cumsum(np.bincount(flow, minlength=self.n_flows)[:-1], out=starts[1:])
+        pos = starts[flow] + rank
+        del rank
+        out = np.empty((5, flow.size), dtype=np.int64)
+        out[0, pos] = flow
+        for i in range(1, 5):
+            col = np.concatenate([p[i] for p in parts])
+            out[i, pos] = col if i != 4 else (col == client[flow])
+            del col
         del parts
-        order = np.lexsort((cols[1], cols[0]))
-        out = np.empty((5, order.size), dtype=np.int64)
-        for i in range(4):
-            out[i] = cols[i][order]
-            cols[i] = cols[i][:0]  # free as we go
-        out[4] = cols[4][order] == client[out[0]]
+        same = out[0, 1:] == out[0, :-1]
+        if np.any(same & (out[1, 1:] < out[1, :-1])):
+            out = np.ascontiguousarray(out[:, np.lexsort((out[1], out[0]))])
         return out
 
     def finish(self) -> tuple[FlowTable, TimingSeries]:

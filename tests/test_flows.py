@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from keepiton_throttle.flows import analyze_file, flow_records
 from keepiton_throttle.packets import format_address
 
 from .conftest import REAL, have_corpus, manifest, requires_corpus
+
+SAMPLES = Path(__file__).resolve().parents[1] / "keepiton_throttle" / "data"
 
 
 def _tsv(name: str) -> list[dict[str, str]]:
@@ -126,3 +129,64 @@ def test_quic_flow_roles_and_versions() -> None:
     versions = sorted(r["quic_version"] for r in recs if r["transport"] == "quic")
     assert versions == ["0x00000001", "0xff00001c"]
     assert all(r["role_source"] == "quic_initial" for r in recs if r["transport"] == "quic")
+
+
+def _thin_reference(samples: list[tuple[int, int, int, int, int]], cap: int,
+                    budget: int) -> list[tuple[int, int, int, int, int]]:
+    """The thinning rule, written plainly over samples in the order the kernel emits them."""
+    seen: dict[int, int] = {}
+    counted = 0
+    kept = []
+    for s in samples:
+        i = seen.get(s[0], 0)
+        seen[s[0]] = i + 1
+        if i >= cap and i % (i // cap + 1) != 0:
+            continue
+        g = counted
+        counted += 1
+        if g >= budget and g % (g // budget + 1) != 0:
+            continue
+        kept.append(s)
+    return kept
+
+
+@pytest.mark.parametrize("cap,budget", [(37, 150), (5, 10_000), (10_000, 64), (1, 1)])
+def test_rtt_thinning_matches_the_rule(cap: int, budget: int) -> None:
+    path = SAMPLES / "sample-lossy-tcp.pcap"
+    full_table, full = analyze_file(path)
+    table, thin = analyze_file(path, max_rtt_samples=cap, rtt_budget=budget)
+    rows = [tuple(int(x) for x in c) for c in full.rtts.T]
+    # the kernel emits samples in capture order: by time, a packet's samples in a row
+    assert len({(r[1], r[0]) for r in rows}) == len({r[1] for r in rows}), "ts shared by two flows"
+    emitted = sorted(rows, key=lambda r: r[1])  # stable: a packet's samples keep their order
+    want = sorted(_thin_reference(emitted, cap, budget), key=lambda r: (r[0], r[1]))
+    got = [tuple(int(x) for x in c) for c in thin.rtts.T]
+    assert len(full.rtts.T) > 1000 and 0 < len(got) < len(rows)
+    assert got == want
+    assert table.n == full_table.n and np.array_equal(table.cols["packets_up"], full_table.cols["packets_up"])
+
+
+def test_rtt_samples_stay_sorted_when_the_clock_steps_back(tmp_path: Path) -> None:
+    """Samples go to their place by rank, which is time order only if the capture's clock runs
+    forward: a capture whose second half is stamped 1 s earlier must still come out sorted."""
+    import struct
+
+    raw = (SAMPLES / "sample-lossy-tcp.pcap").read_bytes()
+    assert struct.unpack("<I", raw[:4])[0] in (0xA1B2C3D4, 0xA1B23C4D)
+    out, pos, recs = bytearray(raw[:24]), 24, []
+    while pos + 16 <= len(raw):
+        incl = struct.unpack("<I", raw[pos + 8:pos + 12])[0]
+        recs.append(raw[pos:pos + 16 + incl])
+        pos += 16 + incl
+    for i, rec in enumerate(recs):
+        sec = struct.unpack("<I", rec[:4])[0] - (1 if i >= len(recs) // 2 else 0)
+        out += struct.pack("<I", sec) + rec[4:]
+    path = tmp_path / "stepped.pcap"
+    path.write_bytes(bytes(out))
+    _, series = analyze_file(path)
+    r = series.rtts
+    assert r.shape[1] > 1000
+    order = np.lexsort((r[1], r[0]))
+    assert np.array_equal(order, np.arange(r.shape[1]))
+    _, base = analyze_file(SAMPLES / "sample-lossy-tcp.pcap")
+    assert r.shape == base.rtts.shape  # the same samples, only where they sit differs

@@ -29,7 +29,7 @@ from .characterize import (
 )
 from .flows import FlowBuilder, FlowTable, flow_records
 from .series import FlowTrace, TimingSeries, detect_vantage, path_rtt
-from .sources.capture import CaptureReader
+from .sources.capture import CaptureReader, chunks_of
 from .targets import Target
 
 ROLE_TARGET = "target"
@@ -181,7 +181,7 @@ def _collect_traces(path: str, wanted: set[int], client: npt.NDArray[np.int64], 
     want = np.array(sorted(wanted), dtype=np.int64)
     builder = FlowBuilder(bin_ns=bin_ns)
     with CaptureReader(path) as reader:
-        for chunk in reader:
+        for chunk in chunks_of(reader):
             rows = builder.add(chunk)
             sel = np.flatnonzero(np.isin(rows.flow, want))
             if not sel.size:
@@ -374,7 +374,7 @@ def file_evidence(path: str | os.PathLike[str], roles: Roles, config: DetectionC
     path = os.fspath(path)
     builder = FlowBuilder(bin_ns=cfg.bin_ns)
     with CaptureReader(path) as reader:
-        for chunk in reader:
+        for chunk in chunks_of(reader):
             builder.add(chunk)
         stats = reader.stats
     table, series = builder.finish()

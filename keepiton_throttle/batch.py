@@ -254,7 +254,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
     """
     from .analysis import CaptureFacts, FileEvidence, _collect_traces, _evidence
     from .flows import FlowBuilder, flow_records
-    from .sources.capture import CaptureReader
+    from .sources.capture import CaptureReader, chunks_of
 
     cfg, path = task.config, task.path
     cpu0 = time.process_time()
@@ -263,7 +263,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
         builder = FlowBuilder(bin_ns=cfg.bin_ns)
         sent = 0
         with CaptureReader(path) as reader:
-            for chunk in reader:
+            for chunk in chunks_of(reader):
                 builder.add(chunk)
                 if report is not None:
                     done = min(reader.stats.bytes_read, task.size)
@@ -312,6 +312,9 @@ _MSG = struct.Struct("<qqq")  # task index, bytes, packets: 24 bytes, one atomic
 def _init_worker(pipe: Any) -> None:
     global _progress_pipe
     _progress_pipe = pipe
+    from . import config
+
+    config.PREFETCH = False  # the pool keeps every core busy: no decode-ahead thread per worker
 
 
 def _send_progress(index: int) -> Callable[[int, int], None] | None:

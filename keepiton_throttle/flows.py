@@ -31,7 +31,7 @@ import numpy.typing as npt
 from . import _kernels as K
 from .packets import format_address
 from .series import TimingSeries, detect_vantage, path_rtt, summarize_rtt
-from .sources.capture import CaptureReader, Chunk
+from .sources.capture import CaptureReader, Chunk, chunks_of
 
 #: default goodput bin width, ns (100 ms: fine enough for a 130 kbit/s policer's plateau,
 #: coarse enough that a bin of a 1 Mbit/s flow holds ~8 packets)
@@ -433,7 +433,7 @@ def analyze_chunks(chunks: Iterable[Chunk], **kw: Any) -> tuple[FlowTable, Timin
 def analyze_file(path: str | os.PathLike[str], **kw: Any) -> tuple[FlowTable, TimingSeries]:
     """Read ``path`` and analyse its flows in one streaming pass."""
     with CaptureReader(path) as reader:
-        return analyze_chunks(reader, **kw)
+        return analyze_chunks(chunks_of(reader), **kw)
 
 
 def flow_records(table: FlowTable, series: TimingSeries, *, rows: Sequence[int] | None = None) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -181,6 +181,8 @@ class CaptureReader:
         self._released = 0
         self._no_populate = False
         self._spare: list[dict[str, np.ndarray]] = []
+        self._ahead: Any = None  # the prefetch generator of chunks_of(), if any
+        self._release_lag = 0  # windows kept mapped behind the current one (2 when decoding ahead)
         self._swapped = False
         self._fmt = 0
         self._snaplen = 0
@@ -240,6 +242,10 @@ class CaptureReader:
         )
 
     def close(self) -> None:
+        ahead = self._ahead
+        if ahead is not None:  # stop a prefetch thread before its reader goes
+            self._ahead = None
+            ahead.close()
         self._map = None
         if self._mm is not None:
             try:
@@ -264,7 +270,7 @@ class CaptureReader:
             if all(sys.getrefcount(b) <= 3 for b in blocks.values()):
                 return blocks
         blocks = allocate_blocks(self.rows_per_chunk)
-        self._spare = [blocks, *self._spare[:1]]
+        self._spare = [blocks, *self._spare[:2]]  # three sets: one more when decoding ahead
         return blocks
 
     def _populate(self, start: int, end: int) -> None:
@@ -460,11 +466,16 @@ class CaptureReader:
         reuse = self.reuse_buffers
         buf = np.empty(0, dtype=np.uint8)
         rows_blocks: dict[str, np.ndarray] = {}
+        windows: list[int] = []  # start offsets of the last mapped windows
         while True:
             size = max(self.chunk_bytes, need + 4096, carry.size + 4096)
             if self._map is not None:
-                # the chunk is a window on the mapped file: nothing is copied
-                self._release(carry_off)
+                # the chunk is a window on the mapped file: nothing is copied. Pages before the
+                # window are dropped, but when decoding ahead (chunks_of) the consumer is still
+                # reading the last windows' bytes: dropping them would map them in again, for good
+                windows.append(carry_off)
+                self._release(windows[-1 - self._release_lag] if len(windows) > self._release_lag else 0)
+                del windows[: -1 - self._release_lag]
                 end = min(self._map.size, carry_off + size)
                 self._populate(carry_off, end)
                 buf = self._map[carry_off:end]
@@ -607,6 +618,80 @@ class _Corrupt(Exception):
     pass
 
 
+_END = object()
+
+
+def prefetched(chunks: Iterable[Chunk], depth: int = 1) -> Iterator[Chunk]:
+    """Iterate ``chunks`` (a :class:`CaptureReader`) from a background thread, up to ``depth``
+    chunks ahead of the consumer.
+
+    The decode kernel releases the GIL, so while the consumer works on chunk k (the flow
+    kernel releases it too) the thread decodes chunk k+1 on another core. Chunks arrive in
+    order; an exception raised by the reader is raised here, at the point of the stream where
+    it happened; closing this generator early (``break``, an exception in the consumer) stops
+    the thread before it returns. The reader's ``stats`` may run up to ``depth + 1`` chunks
+    ahead of what the consumer has seen.
+    """
+    import queue
+    import threading
+
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(int(depth), 1))
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for chunk in chunks:
+                if not put(chunk):
+                    return
+            put(_END)
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+
+    thread = threading.Thread(target=produce, name="keepiton-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        thread.join()
+
+
+def chunks_of(reader: CaptureReader, *, prefetch: bool | None = None) -> Iterator[Chunk]:
+    """The reader's chunks, decoded ahead in a thread when ``prefetch`` (default:
+    :func:`~keepiton_throttle.config.use_prefetch`)."""
+    from ..config import use_prefetch
+
+    if prefetch is None:
+        prefetch = use_prefetch()
+    if not prefetch or reader.reuse_buffers:  # reused blocks must not be written ahead
+        return iter(reader)
+    # the consumer may be up to two windows behind the reader (one chunk queued, one in hand)
+    reader._release_lag = 2
+    gen = prefetched(reader)
+    reader._ahead = gen  # closed by reader.close(), so the thread never outlives its reader
+    return gen
+
+
 def _block_list(blocks: dict[str, np.ndarray]) -> list[np.ndarray]:
     return [blocks["i64"], blocks["u64"], blocks["u32"], blocks["u16"], blocks["u8"]]
 
@@ -635,6 +720,8 @@ __all__ = [
     "CaptureInfo",
     "CaptureReader",
     "Chunk",
+    "chunks_of",
+    "prefetched",
     "DamageEvent",
     "Interface",
     "ReadStats",

@@ -175,13 +175,15 @@ class AnalysisReport:
     config: DetectionConfig
 
 
-def _collect_traces(path: str, wanted: set[int], client: npt.NDArray[np.int64], bin_ns: int) -> dict[int, FlowTrace]:
-    """Pass 2: per-packet records of the ``wanted`` flows (same flow ids as pass 1)."""
+def _collect_traces(path: str, wanted: set[int], client: npt.NDArray[np.int64], bin_ns: int, *,
+                    prefetch: bool | None = None) -> dict[int, FlowTrace]:
+    """Pass 2: per-packet records of the ``wanted`` flows (same flow ids as pass 1);
+    ``prefetch`` as in :func:`~keepiton_throttle.sources.capture.chunks_of`."""
     parts: dict[int, list[tuple[Any, ...]]] = {f: [] for f in wanted}
     want = np.array(sorted(wanted), dtype=np.int64)
     builder = FlowBuilder(bin_ns=bin_ns)
     with CaptureReader(path) as reader:
-        for chunk in chunks_of(reader):
+        for chunk in chunks_of(reader, prefetch=prefetch):
             rows = builder.add(chunk)
             sel = np.flatnonzero(np.isin(rows.flow, want))
             if not sel.size:

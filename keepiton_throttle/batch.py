@@ -46,7 +46,7 @@ from concurrent.futures import (
     wait,
 )
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,6 +197,9 @@ class _Task:
     flows: bool  # also return flow_records rows (for --out)
     rtt: bool  # also return control flows' path RTT samples (for baselines)
     digest: bool  # also return the SHA-256 of the content
+    #: decode ahead in a thread (None: when this machine has 2+ cores); off in pool and Dask
+    #: workers (the pool keeps every core busy) and with an explicit --jobs 1 (one core)
+    prefetch: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -263,7 +266,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
         builder = FlowBuilder(bin_ns=cfg.bin_ns)
         sent = 0
         with CaptureReader(path) as reader:
-            for chunk in chunks_of(reader):
+            for chunk in chunks_of(reader, prefetch=task.prefetch):
                 builder.add(chunk)
                 if report is not None:
                     done = min(reader.stats.bytes_read, task.size)
@@ -279,7 +282,8 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
             if r is not None:
                 chosen[f] = r
         if chosen:
-            traces = _collect_traces(path, set(chosen), table.cols["client_dir"], cfg.bin_ns)
+            traces = _collect_traces(path, set(chosen), table.cols["client_dir"], cfg.bin_ns,
+                                     prefetch=task.prefetch)
             end_ns = int(table.cols["last_ts"].max()) if table.n else 0
             flows = [_evidence(path, table, series, f, role, name, traces.get(f), cfg, end_ns)
                      for f, (role, name) in sorted(chosen.items())]
@@ -312,9 +316,6 @@ _MSG = struct.Struct("<qqq")  # task index, bytes, packets: 24 bytes, one atomic
 def _init_worker(pipe: Any) -> None:
     global _progress_pipe
     _progress_pipe = pipe
-    from . import config
-
-    config.PREFETCH = False  # the pool keeps every core busy: no decode-ahead thread per worker
 
 
 def _send_progress(index: int) -> Callable[[int, int], None] | None:
@@ -735,11 +736,13 @@ def run_batch(
     small = jobs is None and total < INLINE_BELOW_BYTES
     if engine == "dask":
         if tasks:
-            _run_dask(tasks, n_jobs, scheduler, on_outcome)
+            _run_dask([replace(t, prefetch=False) for t in tasks], n_jobs, scheduler, on_outcome)
     elif min(n_jobs, len(tasks)) <= 1 or small:
+        if jobs is not None and jobs <= 1:  # one core asked for: no decode-ahead thread
+            tasks = [replace(t, prefetch=False) for t in tasks]
         _run_inline(tasks, on_outcome, chunk_cb)
     else:
-        _run_pool(tasks, n_jobs, on_outcome, chunk_cb)
+        _run_pool([replace(t, prefetch=False) for t in tasks], n_jobs, on_outcome, chunk_cb)
 
     done = [r for r in results if r is not None]
     if len(done) != len(names):  # pragma: no cover - every task reports exactly once

@@ -103,3 +103,22 @@ def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     with CaptureReader(SAMPLES / "sample-clean-tcp.pcap", reuse_buffers=True) as reader:
         chunks = list(chunks_of(reader, prefetch=True))
         assert chunks and reader._ahead is None and not _prefetch_threads()
+
+
+def test_batch_decodes_ahead_only_when_cores_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--jobs 1 means one core, and pool workers already fill every core: neither decodes
+    ahead; a batch left to its defaults on a small input (run in this process) may."""
+    from keepiton_throttle import batch
+
+    seen: list[bool | None] = []
+    real = batch._file_work
+
+    def spy(task, report):  # type: ignore[no-untyped-def]
+        seen.append(task.prefetch)
+        return real(task, report)
+
+    monkeypatch.setattr(batch, "_file_work", spy)
+    files = [str(SAMPLES / "sample-twitter-2021-tcp.pcap")]
+    batch.run_batch(files, resolve_roles(), jobs=1)
+    batch.run_batch(files, resolve_roles())
+    assert seen == [False, None]

@@ -189,11 +189,12 @@ def _run_kind(kind: str, path: str) -> int:
             return reader.stats.records
     if kind == "flows":
         from .flows import FlowBuilder
-        from .sources.capture import CaptureReader, chunks_of
+        from .sources.capture import CaptureReader
 
         builder = FlowBuilder()
         with CaptureReader(path) as reader:
-            for chunk in chunks_of(reader):  # as `analyze` reads: decoding ahead on 2+ cores
+            # no decoding ahead: "1 core" is one thread, and "all cores" runs a process per core
+            for chunk in reader:
                 builder.add(chunk)
             builder.finish()
             return reader.stats.records

@@ -42,6 +42,7 @@ Generated captures are kept in ``benchmarks/_out/`` and reused while their param
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -335,6 +336,23 @@ def native_bench() -> tuple[Path | None, str]:
     return exe, ""
 
 
+
+def print_load_and_notes(load0: tuple[float, ...], load1: tuple[float, ...], notes: list[str]) -> None:
+    """The load average around a run (a busy machine lowers wall-clock rates), then the notes."""
+    print(f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end on {os.cpu_count()} cores"
+          + ("  (busy machine: wall-clock rates are low; the CPU column is steadier)"
+             if max(load0[0], load1[0]) > 1.5 else ""))
+    for note in notes:
+        print("note:", note)
+
+
+def record_target(targets: list[dict[str, Any]], name: str, ok: bool | None, shown: str, *,
+                  width: int = 32, **extra: Any) -> None:
+    """Print one target line (PASS / FAIL / n/a when not measured) and keep it for --json."""
+    verdict = "n/a" if ok is None else ("PASS" if ok else "FAIL")
+    targets.append({"target": name, "result": verdict, "shown": shown, **extra})
+    print(f"target {name:<{width}} {verdict:<5} {shown}")
+
 def fmt_rate(x: float | None) -> str:
     if x is None:
         return "-"
@@ -597,19 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         b = results["inspect_2gb"]
         print(f"throttle-check inspect, {b['bytes'] / 2**30:.2f} GiB / {b['packets']:,} packets: "
               f"{b['seconds']:.2f} s, peak RSS {b['peak_rss_mb']:.0f} MB")
-    print(f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end on {os.cpu_count()} cores"
-          + ("  (busy machine: wall-clock rates are low; the CPU column is steadier)"
-             if max(load0[0], load1[0]) > 1.5 else ""))
-    for note in notes:
-        print("note:", note)
+    print_load_and_notes(load0, load1, notes)
 
     # --- targets --------------------------------------------------------------------------------
     targets: list[dict[str, Any]] = []
 
-    def target(name: str, ok: bool | None, shown: str, **extra: Any) -> None:
-        verdict = "n/a" if ok is None else ("PASS" if ok else "FAIL")
-        targets.append({"target": name, "result": verdict, "shown": shown, **extra})
-        print(f"target {name:<32} {verdict:<5} {shown}")
+    target = functools.partial(record_target, targets, width=32)
 
     def ratio(r1: dict[str, Any] | None, r2: dict[str, Any] | None, key: str) -> float | None:
         return r1[key] / r2[key] if r1 and r2 and r1.get(key) and r2.get(key) else None

@@ -53,6 +53,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -630,19 +631,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{bd.fmt_rate(r['cpu_packets_per_s']):>9}  {fmt_x(r['ours_over']):>9}  "
               f"{fmt_x(r['ours_over_cpu']):>7}  {rss:>11}  {r['note']}")
     print()
-    print(f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end on {os.cpu_count()} cores"
-          + ("  (busy machine: wall-clock rates are low; the CPU column is steadier)"
-             if max(load0[0], load1[0]) > 1.5 else ""))
-    for note in notes:
-        print("note:", note)
+    bd.print_load_and_notes(load0, load1, notes)
 
     # --- targets --------------------------------------------------------------------------------
     targets: list[dict[str, Any]] = []
 
-    def target(name: str, ok: bool | None, shown: str, **extra: Any) -> None:
-        verdict = "n/a" if ok is None else ("PASS" if ok else "FAIL")
-        targets.append({"target": name, "result": verdict, "shown": shown, **extra})
-        print(f"target {name:<38} {verdict:<5} {shown}")
+    target = functools.partial(bd.record_target, targets, width=38)
 
     print()
     e2e_c, dec_c = r_e2e["cpu_packets_per_s"], r_dec["cpu_packets_per_s"]

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import __version__
+from .config import usable_cores
 from .errors import InputError, ThrottleError
 
 if TYPE_CHECKING:
@@ -118,10 +119,7 @@ def _require_distributed() -> Any:
 
 def default_jobs() -> int:
     """Worker processes by default: every core this process may run on."""
-    try:
-        return max(len(os.sched_getaffinity(0)), 1)
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(os.cpu_count() or 1, 1)
+    return usable_cores()
 
 
 # -- inputs ---------------------------------------------------------------------------------------

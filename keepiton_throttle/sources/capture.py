@@ -474,8 +474,8 @@ class CaptureReader:
                 # window are dropped, but when decoding ahead (chunks_of) the consumer is still
                 # reading the last windows' bytes: dropping them would map them in again, for good
                 windows.append(carry_off)
-                self._release(windows[-1 - self._release_lag] if len(windows) > self._release_lag else 0)
                 del windows[: -1 - self._release_lag]
+                self._release(windows[0])
                 end = min(self._map.size, carry_off + size)
                 self._populate(carry_off, end)
                 buf = self._map[carry_off:end]

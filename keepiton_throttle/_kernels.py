@@ -53,50 +53,48 @@ D_PAYLOAD = _D + 4
 D_UNIQUE = _D + 6
 D_HAS_BASE = _D + 8
 D_BASE = _D + 10
-D_LAST_RAW = _D + 12
-D_LAST_UNW = _D + 14
-D_MAX_END = _D + 16
-D_MAX_TS = _D + 18
-D_RETX = _D + 20
-D_OOO = _D + 22
-D_ACK_REL = _D + 24  # last ACK sent by d, as offset into the other direction (-1 none)
-D_ACK_RAW = _D + 26
-D_DUPACK = _D + 28
-D_WIN_RAW = _D + 30
-D_WS = _D + 32  # window-scale option in d's SYN, -1 none
-D_WIN_BYTES = _D + 34  # last advertised receive window, bytes (scaled when known), -1
-D_ZW_NS = _D + 36
-D_ZW_SINCE = _D + 38
-D_RWL_NS = _D + 40  # time d's sending was limited by the other side's receive window
-D_RWL_SINCE = _D + 42
-D_SACK_EVENTS = _D + 44
-D_SACK_ACTIVE = _D + 46
-D_FIN = _D + 48
-D_RST = _D + 50
-D_TS_VAL = _D + 52  # pending TSval sent by d awaiting its echo
-D_TS_TS = _D + 54  # time it was first sent, -1 none
-D_SPIN_LAST = _D + 56
-D_SPIN_TS = _D + 58
-D_SPIN_FLIPS = _D + 60
-D_SNIPS = _D + 62
-D_BIN = _D + 64
-D_BIN_GOOD = _D + 66
-D_BIN_PAY = _D + 68
-D_BIN_RETX = _D + 70
-D_BIN_PKTS = _D + 72
-D_MIN_RTT = _D + 74
-D_RING_HEAD = _D + 76
-D_RING_N = _D + 78
-D_MSS = _D + 80
-D_SYN_SEEN = _D + 82
-D_DATA_PKTS = _D + 84
-D_FIRST_DATA_TS = _D + 86
-D_LAST_DATA_TS = _D + 88
-D_WINLIM_UNKNOWN = _D + 90  # receive window seen without a known scale
-D_DUPACK_RUN = _D + 92  # consecutive duplicate ACKs sent by d (reset when the ACK advances)
-D_ACK_TS = _D + 94  # time of d's last ACK
-D_TS_PREV = _D + 96  # TSval of d's previous segment, -1 none: a TSval is timed from its first one
-N_FIELDS = _D + 98
+D_MAX_END = _D + 12
+D_MAX_TS = _D + 14
+D_RETX = _D + 16
+D_OOO = _D + 18
+D_ACK_REL = _D + 20  # last ACK sent by d, as offset into the other direction (-1 none)
+D_ACK_RAW = _D + 22
+D_DUPACK = _D + 24
+D_WIN_RAW = _D + 26
+D_WS = _D + 28  # window-scale option in d's SYN, -1 none
+D_WIN_BYTES = _D + 30  # last advertised receive window, bytes (scaled when known), -1
+D_ZW_NS = _D + 32
+D_ZW_SINCE = _D + 34
+D_RWL_NS = _D + 36  # time d's sending was limited by the other side's receive window
+D_RWL_SINCE = _D + 38
+D_SACK_EVENTS = _D + 40
+D_SACK_ACTIVE = _D + 42
+D_FIN = _D + 44
+D_RST = _D + 46
+D_TS_VAL = _D + 48  # pending TSval sent by d awaiting its echo
+D_TS_TS = _D + 50  # time it was first sent, -1 none
+D_SPIN_LAST = _D + 52
+D_SPIN_TS = _D + 54
+D_SPIN_FLIPS = _D + 56
+D_SNIPS = _D + 58
+D_BIN = _D + 60
+D_BIN_GOOD = _D + 62
+D_BIN_PAY = _D + 64
+D_BIN_RETX = _D + 66
+D_BIN_PKTS = _D + 68
+D_MIN_RTT = _D + 70
+D_RING_HEAD = _D + 72
+D_RING_N = _D + 74
+D_MSS = _D + 76
+D_SYN_SEEN = _D + 78
+D_DATA_PKTS = _D + 80
+D_FIRST_DATA_TS = _D + 82
+D_LAST_DATA_TS = _D + 84
+D_WINLIM_UNKNOWN = _D + 86  # receive window seen without a known scale
+D_DUPACK_RUN = _D + 88  # consecutive duplicate ACKs sent by d (reset when the ACK advances)
+D_ACK_TS = _D + 90  # time of d's last ACK
+D_TS_PREV = _D + 92  # TSval of d's previous segment, -1 none: a TSval is timed from its first one
+N_FIELDS = _D + 94
 
 ROLE_FIRST = 0  # the source of the first packet is taken for the client
 ROLE_PORT = 1  # the lower (well-known) port is the server
@@ -359,14 +357,13 @@ def _emit_rtt(rtt, nr, f, ts, value, kind, d, S, lim):
 
 
 @flat_kernel
-def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, snip_max,
+def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
               H, A, S, R, n_flows, ring,
               out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr0, nb0,
               rtt_lim):
     """Analyse rows ``row0..n-1`` of a packet-table chunk (blocks as in packets.py, at least
     ``n`` columns wide: the reader's whole output blocks, read in place).
 
-    ``data``/``data_off``: the chunk's raw bytes and their absolute offset (QUIC first bytes).
     Writes per row: ``out_flow`` (-1: not a TCP/UDP flow packet), ``out_dir`` (0 A->B),
     ``out_soff`` (TCP: byte offset of the payload in its direction's stream), ``out_snip``
     (1: keep this payload for handshake parsing), ``out_good`` (unique payload bytes the row
@@ -432,17 +429,19 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
                 S[f, D_FIRST_DATA_TS + d] = ts
             S[f, D_LAST_DATA_TS + d] = ts
         pcap = np.int64(u32[7, r])
-        poff = i64[1, r] - data_off
         if proto == 17:
             good = plen
             S[f, D_UNIQUE + d] += plen
             out_good[r] = plen
             # QUIC (RFC 9000 sec 17): long header = first bit set; Initial type bits 00 (v1,
             # drafts) or 01 (v2, RFC 9369 sec 3.2); version 0 is Version Negotiation
-            if pcap >= 5 and poff >= 0 and poff + 5 <= data.shape[0]:
-                b0 = np.int64(data[poff])
+            if pcap >= 5:
+                # the payload's first bytes, as the decoder read them while the record was in
+                # cache (reading them from the chunk here missed it: ~1/4 of this kernel's time)
+                head = u64[4, r]
+                b0 = np.int64(head >> np.uint64(56))
                 if b0 & 0x80:
-                    ver = (np.int64(data[poff + 1]) << 24) | (np.int64(data[poff + 2]) << 16) | (np.int64(data[poff + 3]) << 8) | np.int64(data[poff + 4])
+                    ver = np.int64((head >> np.uint64(24)) & np.uint64(0xFFFFFFFF))
                     ptype = (b0 >> 4) & 3
                     initial = ver != 0 and ((ver != _QUIC_V2 and ptype == 0) or (ver == _QUIC_V2 and ptype == 1))
                     # a client's Initial has the fixed bit (RFC 9000 sec 17.2) and fills a datagram of
@@ -496,8 +495,6 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
             if S[f, D_HAS_BASE + d] == 0 or (S[f, D_MAX_END + d] <= 1 and S[f, D_BASE + d] != seq):
                 S[f, D_HAS_BASE + d] = 1
                 S[f, D_BASE + d] = seq
-                S[f, D_LAST_RAW + d] = seq
-                S[f, D_LAST_UNW + d] = 0
                 S[f, D_MAX_END + d] = 0
                 S[f, D_MAX_TS + d] = ts
         elif (flags & _TCP_ACK) and S[f, F_SYNACK_TS] >= 0 and S[f, F_HSACK_TS] < 0 and S[f, F_CLIENT] == d:
@@ -505,13 +502,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, data, data_off, bin_ns, ooo_ns, s
         if S[f, D_HAS_BASE + d] == 0:
             S[f, D_HAS_BASE + d] = 1
             S[f, D_BASE + d] = seq
-            S[f, D_LAST_RAW + d] = seq
-            S[f, D_LAST_UNW + d] = 0
             S[f, D_MAX_END + d] = 0
             S[f, D_MAX_TS + d] = ts
         rel = _unwrap(S, f, d, seq)
-        S[f, D_LAST_RAW + d] = seq
-        S[f, D_LAST_UNW + d] = rel
         seglen = plen + (1 if syn else 0) + (1 if fin else 0)
         end = rel + seglen
         good = 0

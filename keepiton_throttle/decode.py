@@ -52,7 +52,7 @@ TSRES_BIN = 1
 
 # Column rows (must match packets.py BLOCKS order).
 _I_TS, _I_POFF, _I_FRAME = 0, 1, 2
-_Q_SHI, _Q_SLO, _Q_DHI, _Q_DLO = 0, 1, 2, 3
+_Q_SHI, _Q_SLO, _Q_DHI, _Q_DLO, _Q_HEAD = 0, 1, 2, 3, 4
 (_W_CAP, _W_WIRE, _W_SEQ, _W_ACK, _W_TSV, _W_TSE, _W_PLEN, _W_PCAP, _W_SLE, _W_SRE) = range(10)
 (_H_IFACE, _H_LINK, _H_SPORT, _H_DPORT, _H_FLAGS, _H_WIN, _H_MSS) = range(7)
 (_B_IPV, _B_PROTO, _B_STATUS, _B_FRAG, _B_WS, _B_OPTS, _B_SACKN, _B_ENCAP, _B_TTL) = range(9)
@@ -130,6 +130,20 @@ def _be64(b, i):
     hi = np.uint64(_be32(b, i))
     lo = np.uint64(_be32(b, i + 4))
     return (hi << np.uint64(32)) | lo
+
+
+@inline_kernel
+def _head8(b, off, end):
+    """The first 8 bytes of ``b[off:end]`` as a big-endian integer, zero-padded on the right
+    (column ``payload_head``)."""
+    if off + 8 <= end:
+        return _be64(b, off)
+    v = np.uint64(0)
+    for k in range(8):
+        v = v << np.uint64(8)
+        if off + k < end:
+            v = v | np.uint64(b[off + k])
+    return v
 
 
 @flat_kernel
@@ -456,6 +470,7 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
         if hend < cap_end:
             i64[_I_POFF, r] = base_off + hend
             u32[_W_PCAP, r] = cap_end - hend
+            u64[_Q_HEAD, r] = _head8(b, hend, cap_end)
         return st, 0, 0, 0, 0
     if proto == 17 or proto == 136:  # UDP, UDP-Lite (same header layout)
         if l4 + 4 <= cap_end:
@@ -472,6 +487,7 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
         if l4 + 8 < pcap_end:
             i64[_I_POFF, r] = base_off + l4 + 8
             u32[_W_PCAP, r] = pcap_end - (l4 + 8)
+            u64[_Q_HEAD, r] = _head8(b, l4 + 8, pcap_end)
         # VXLAN (RFC 7348): 8-byte header with the I flag, then an Ethernet frame.
         if frag == 0 and _be16(b, l4 + 2) == _VXLAN_PORT and l4 + 16 <= pcap_end:
             if b[l4 + 8] & 0x08:
@@ -522,6 +538,7 @@ def _decode_ip(b, off, end, wire_end, net, base_off, i64, u64, u32, u16, u8, r):
     if l4 < cap_end:
         i64[_I_POFF, r] = base_off + l4
         u32[_W_PCAP, r] = cap_end - l4
+        u64[_Q_HEAD, r] = _head8(b, l4, cap_end)
     return _OK, 0, 0, 0, 0
 
 

@@ -250,7 +250,7 @@ class FlowBuilder:
         i64, u64, u32, u16, u8 = (_whole_block(b[k]) for k in ("i64", "u64", "u32", "u16", "u8"))
         while True:
             row, self.n_flows, nr, nb, stop = K.flow_pass(
-                i64, u64, u32, u16, u8, n, row, chunk.data, chunk.data_offset,
+                i64, u64, u32, u16, u8, n, row,
                 self.bin_ns, self.ooo_ns, self.snip_max,
                 self._H, self._A, self._S, self._R, self.n_flows, self.ring,
                 out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr, nb,

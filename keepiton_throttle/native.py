@@ -27,7 +27,7 @@ from .packets import BLOCKS, PacketTable, allocate_blocks
 #: Environment variable naming the shared library to load.
 ENV_VAR = "KEEPITON_NATIVE_LIB"
 #: ``KT_ABI_VERSION`` of native/kt_decode.h this facade speaks.
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 _FIRST_CHUNK_ROWS = 1 << 14
 _MAX_CHUNK_ROWS = 1 << 20

@@ -59,7 +59,7 @@ NO_WSCALE = 255
 
 # Column layout: name -> (block, row). The order is part of the kernel ABI (decode.py, native/).
 I64_COLUMNS = ("ts_ns", "payload_off", "frame")
-U64_COLUMNS = ("src_hi", "src_lo", "dst_hi", "dst_lo")
+U64_COLUMNS = ("src_hi", "src_lo", "dst_hi", "dst_lo", "payload_head")
 U32_COLUMNS = (
     "caplen",
     "wirelen",
@@ -104,6 +104,7 @@ COLUMN_DOCS: dict[str, str] = {
     "src_lo": "source address, low 64 bits",
     "dst_hi": "destination address, high 64 bits",
     "dst_lo": "destination address, low 64 bits",
+    "payload_head": "first 8 captured payload bytes, big-endian, zero-padded on the right (0: none)",
     "caplen": "captured length of the record, bytes",
     "wirelen": "original length of the frame on the wire, bytes",
     "tcp_seq": "TCP sequence number",

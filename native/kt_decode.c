@@ -63,6 +63,20 @@ static inline uint64_t be64(const uint8_t *b, int64_t i, int64_t lim) {
     return ((uint64_t)be32(b, i, lim) << 32) | (uint64_t)be32(b, i + 4, lim);
 }
 
+/* decode.py _head8: the first 8 bytes of b[off:end] big-endian, zero-padded on the right. */
+static inline uint64_t head8(const uint8_t *b, int64_t off, int64_t end) {
+    uint64_t v = 0;
+    int k;
+    if (off + 8 <= end)
+        return be64(b, off, end);
+    for (k = 0; k < 8; k++) {
+        v <<= 8;
+        if (off + k < end)
+            v |= (uint64_t)rd8(b, off + k, end);
+    }
+    return v;
+}
+
 /* 16/32/64-bit fields in the file's byte order (swapped: big-endian file). */
 static inline int64_t rd16(const uint8_t *b, int64_t i, int64_t lim, int swapped) {
     if (swapped)
@@ -489,6 +503,7 @@ static ip_res decode_ip(const uint8_t *b, int64_t off, int64_t end, int64_t wire
         if (hend < cap_end) {
             I64(KT_I_POFF, r) = hend;
             SET32(KT_W_PCAP, r, cap_end - hend);
+            U64(KT_Q_HEAD, r) = head8(b, hend, cap_end);
         }
         return ires(st);
     }
@@ -509,6 +524,7 @@ static ip_res decode_ip(const uint8_t *b, int64_t off, int64_t end, int64_t wire
         if (l4 + 8 < pcap_end) {
             I64(KT_I_POFF, r) = l4 + 8;
             SET32(KT_W_PCAP, r, pcap_end - (l4 + 8));
+            U64(KT_Q_HEAD, r) = head8(b, l4 + 8, pcap_end);
         }
         /* VXLAN (RFC 7348): 8-byte header with the I flag, then an Ethernet frame. */
         if (frag == 0 && be16(b, l4 + 2, cap_end) == VXLAN_PORT && l4 + 16 <= pcap_end) {
@@ -567,6 +583,7 @@ static ip_res decode_ip(const uint8_t *b, int64_t off, int64_t end, int64_t wire
         if (l4 < cap_end) {
             I64(KT_I_POFF, r) = l4;
             SET32(KT_W_PCAP, r, cap_end - l4);
+            U64(KT_Q_HEAD, r) = head8(b, l4, cap_end);
         }
     }
     return ires(KT_OK);

@@ -30,11 +30,11 @@ extern "C" {
 #endif
 
 /* Bumped whenever the functions or the column layout change; the Python facade checks it. */
-#define KT_ABI_VERSION 1
+#define KT_ABI_VERSION 2
 
 /* Columns per block (packets.py I64_COLUMNS, U64_COLUMNS, U32_COLUMNS, U16_COLUMNS, U8_COLUMNS). */
 enum { KT_I_TS, KT_I_POFF, KT_I_FRAME, KT_N_I64 };
-enum { KT_Q_SHI, KT_Q_SLO, KT_Q_DHI, KT_Q_DLO, KT_N_U64 };
+enum { KT_Q_SHI, KT_Q_SLO, KT_Q_DHI, KT_Q_DLO, KT_Q_HEAD, KT_N_U64 };
 enum {
     KT_W_CAP, KT_W_WIRE, KT_W_SEQ, KT_W_ACK, KT_W_TSV, KT_W_TSE, KT_W_PLEN, KT_W_PCAP,
     KT_W_SLE, KT_W_SRE, KT_N_U32

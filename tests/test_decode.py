@@ -296,3 +296,28 @@ def test_kept_chunks_are_never_overwritten_by_recycled_blocks(write_file):  # ty
     assert len(kept) == len(fresh) > 10
     for t, ts in zip(kept, fresh, strict=True):
         assert np.array_equal(t.ts_ns, ts)
+
+
+def test_payload_head_is_the_first_captured_payload_bytes(write_file):  # type: ignore[no-untyped-def]
+    """``payload_head``: the first 8 captured payload bytes, big-endian, zero-padded on the
+    right; 0 without a captured payload. Checked against the file's own bytes."""
+    payloads = [b"", b"\xc3", b"\x16\x03\x01", b"\xc0\x00\x00\x00\x01\x08abc", b"0123456789abcdef"]
+    frames = []
+    for p in payloads:
+        frames.append(bytes(Ether() / IP4 / tcp_pkt(p)))
+        frames.append(bytes(Ether() / IP4 / UDP(sport=5000, dport=443) / p))
+        frames.append(bytes(Ether() / IPv6(src="2001:db8::1", dst="2001:db8::2") / UDP(sport=5000, dport=443) / p))
+    frames.append(bytes(Ether() / IP(src="192.0.2.1", dst="192.0.2.2", proto=132) / b"\x01\x02\x03"))  # other
+    # a frame cut 3 bytes into its payload: the head is what was captured
+    cut = bytes(Ether() / IP4 / UDP(sport=5000, dport=443) / b"ABCDEFGHIJ")
+    records = [(TS + i, f) for i, f in enumerate(frames)] + [(TS + 99, cut[: len(cut) - 7])]
+    data = pcap_bytes(records, wirelens=[len(f) for f in frames] + [len(cut)])
+    table, _, _ = read_capture(write_file(data))
+    assert table.n == len(records)
+    for i in range(table.n):
+        n = int(table.payload_caplen[i])
+        off = int(table.payload_off[i])
+        head = data[off : off + min(n, 8)] if n else b""
+        assert int(table.payload_head[i]) == int.from_bytes(head.ljust(8, b"\0"), "big"), i
+    assert int(table.payload_head[-1]) == int.from_bytes(b"ABC".ljust(8, b"\0"), "big")
+    assert int(table.payload_head[3 * 3 + 1]) >> 56 == 0xC0  # a QUIC long header's first byte

@@ -28,7 +28,7 @@ from .characterize import (
     steadiness,
 )
 from .flows import FlowBuilder, FlowTable, flow_records
-from .series import FlowTrace, TimingSeries, detect_vantage, path_rtt
+from .series import FlowTrace, PathRtts, TimingSeries, handshake_halves, path_rtts
 from .sources.capture import CaptureReader, chunks_of
 from .targets import Target
 
@@ -233,17 +233,16 @@ def _handshake_s(table: FlowTable, f: int, trace: FlowTrace | None) -> float | N
     return (int(later[0]) - hello) / 1e9
 
 
-def _evidence(path: str, table: FlowTable, series: TimingSeries, f: int, role: str, target: str,
-              trace: FlowTrace | None, cfg: DetectionConfig, capture_end_ns: int) -> FlowEvidence:
+def _evidence(path: str, table: FlowTable, series: TimingSeries, paths: PathRtts, f: int, role: str,
+              target: str, trace: FlowTrace | None, cfg: DetectionConfig,
+              capture_end_ns: int) -> FlowEvidence:
+    """``paths``: the table's :func:`~keepiton_throttle.series.path_rtts`."""
     c = table.cols
-    rec = flow_records(table, series, rows=[f])[0]
+    rec = flow_records(table, series, rows=[f], paths=paths)[0]
     transport = rec["transport"]
     up_main = int(c["goodput_up"][f]) > int(c["goodput_down"][f])
-    samples = series.rtt(f)
-    s2a = int(c["synack_ts"][f] - c["syn_ts"][f]) if c["synack_ts"][f] >= 0 and c["syn_ts"][f] >= 0 else -1
-    a2a = int(c["hsack_ts"][f] - c["synack_ts"][f]) if c["hsack_ts"][f] >= 0 and c["synack_ts"][f] >= 0 else -1
-    vantage = detect_vantage(s2a, a2a, samples)
-    rtt_ts, rtt = path_rtt(samples, vantage)
+    s2a, a2a = (int(x[f]) for x in handshake_halves(c))
+    rtt_ts, rtt = paths.of(f)
     hs_rtt = s2a + a2a if s2a >= 0 and a2a >= 0 else None
     floors = [v for v in (hs_rtt, int(rtt.min()) if rtt.size else None) if v is not None and v > 0]
     rtt_floor = min(floors) if floors else None
@@ -400,7 +399,8 @@ def file_evidence(path: str | os.PathLike[str], roles: Roles, config: DetectionC
         chosen = {f: r for f, r in chosen.items() if r[0] != ROLE_CONTROL or f in keep}
     traces = _collect_traces(path, set(chosen), table.cols["client_dir"], cfg.bin_ns)
     end_ns = int(table.cols["last_ts"].max()) if table.n else 0
-    flows = [_evidence(path, table, series, f, role, name, traces.get(f), cfg, end_ns)
+    paths = path_rtts(table.cols, series)
+    flows = [_evidence(path, table, series, paths, f, role, name, traces.get(f), cfg, end_ns)
              for f, (role, name) in sorted(chosen.items())]
     return FileEvidence(facts, flows)
 

@@ -231,17 +231,12 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _control_rtt_ms(table: Any, series: Any, flows: Sequence[int]) -> dict[int, np.ndarray]:
-    """Path RTT samples (ms) of ``flows``, valid at the capture's vantage point (as in analysis)."""
-    from .series import detect_vantage, path_rtt
-
-    c = table.cols
+def _control_rtt_ms(paths: Any, flows: Sequence[int]) -> dict[int, np.ndarray]:
+    """Path RTT samples (ms) of ``flows``, valid at the capture's vantage point (as in analysis);
+    ``paths``: the file's ``series.path_rtts``."""
     out = {}
     for f in flows:
-        s2a = int(c["synack_ts"][f] - c["syn_ts"][f]) if c["synack_ts"][f] >= 0 and c["syn_ts"][f] >= 0 else -1
-        a2a = int(c["hsack_ts"][f] - c["synack_ts"][f]) if c["hsack_ts"][f] >= 0 and c["synack_ts"][f] >= 0 else -1
-        samples = series.rtt(f)
-        _, rtt = path_rtt(samples, detect_vantage(s2a, a2a, samples))
+        _, rtt = paths.of(f)
         out[int(f)] = rtt[rtt > 0].astype(np.float64) / 1e6
     return out
 
@@ -255,6 +250,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
     """
     from .analysis import CaptureFacts, FileEvidence, _collect_traces, _evidence
     from .flows import FlowBuilder, flow_records
+    from .series import path_rtts
     from .sources.capture import CaptureReader, chunks_of
 
     cfg, path = task.config, task.path
@@ -274,6 +270,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
         table, series = builder.finish()
         facts = CaptureFacts(path, stats.records, table.n, stats.damaged,
                              tuple(d.message for d in stats.damage))
+        paths = path_rtts(table.cols, series)
         chosen: dict[int, tuple[str, str]] = {}
         for f in range(table.n):
             r = task.roles.classify(table.hello[f].sni)
@@ -283,13 +280,13 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
             traces = _collect_traces(path, set(chosen), table.cols["client_dir"], cfg.bin_ns,
                                      prefetch=task.prefetch)
             end_ns = int(table.cols["last_ts"].max()) if table.n else 0
-            flows = [_evidence(path, table, series, f, role, name, traces.get(f), cfg, end_ns)
+            flows = [_evidence(path, table, series, paths, f, role, name, traces.get(f), cfg, end_ns)
                      for f, (role, name) in sorted(chosen.items())]
         else:
             flows = []
         evidence = FileEvidence(facts, flows)
-        rows = flow_records(table, series) if task.flows else None
-        rtt = (_control_rtt_ms(table, series, [e.flow for e in flows if e.role == "control"])
+        rows = flow_records(table, series, paths=paths) if task.flows else None
+        rtt = (_control_rtt_ms(paths, [e.flow for e in flows if e.role == "control"])
                if task.rtt else None)
     except InputError as exc:
         return _Outcome(task.index, path, error=str(exc), error_kind=ERROR_INPUT,

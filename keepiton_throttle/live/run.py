@@ -633,18 +633,11 @@ def analyse_phase(phase: Phase, cfg: RunConfig) -> list[_Group]:
 def _flow_rtts(pcap: str, dcfg: Any) -> dict[int, list[float]]:
     """Path-RTT samples (ms) per flow id of a capture (the same flow ids as the analysis')."""
     from ..flows import analyze_file
-    from ..series import detect_vantage, path_rtt
+    from ..series import path_rtts
 
     table, series = analyze_file(pcap, bin_ns=dcfg.bin_ns)
-    c = table.cols
-    out: dict[int, list[float]] = {}
-    for i in range(table.n):
-        s2a = int(c["synack_ts"][i] - c["syn_ts"][i]) if c["synack_ts"][i] >= 0 and c["syn_ts"][i] >= 0 else -1
-        a2a = int(c["hsack_ts"][i] - c["synack_ts"][i]) if c["hsack_ts"][i] >= 0 and c["synack_ts"][i] >= 0 else -1
-        samples = series.rtt(i)
-        _, rtt = path_rtt(samples, detect_vantage(s2a, a2a, samples))
-        out[i] = (rtt / 1e6).tolist()
-    return out
+    paths = path_rtts(table.cols, series)
+    return {i: (paths.of(i)[1] / 1e6).tolist() for i in range(table.n)}
 
 
 def _quantiles(values: list[float], n: int = 101) -> list[float]:

@@ -378,23 +378,24 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
     nr = nr0
     nb = nb0
     for r in range(row0, n):
-        out_flow[r] = -1
-        out_dir[r] = 0
-        out_soff[r] = -1
-        out_snip[r] = 0
-        out_good[r] = 0
-        out_class[r] = CLASS_NEW
-        proto = np.int64(u8[1, r])
-        if u8[2, r] != 0 or (proto != 6 and proto != 17) or u8[3, r] == 2 or u8[0, r] == 0:
+        ri = np.uint64(r)  # unsigned: Numba skips its negative-index wrap (see decode.py)
+        out_flow[ri] = -1
+        out_dir[ri] = 0
+        out_soff[ri] = -1
+        out_snip[ri] = 0
+        out_good[ri] = 0
+        out_class[ri] = CLASS_NEW
+        proto = np.int64(u8[1, ri])
+        if u8[2, ri] != 0 or (proto != 6 and proto != 17) or u8[3, ri] == 2 or u8[0, ri] == 0:
             continue
-        ts = i64[0, r]
-        shi = u64[0, r]
-        slo = u64[1, r]
-        dhi = u64[2, r]
-        dlo = u64[3, r]
-        sp = np.int64(u16[2, r])
-        dp = np.int64(u16[3, r])
-        flags = np.int64(u16[4, r])
+        ts = i64[0, ri]
+        shi = u64[0, ri]
+        slo = u64[1, ri]
+        dhi = u64[2, ri]
+        dlo = u64[3, ri]
+        sp = np.int64(u16[2, ri])
+        dp = np.int64(u16[3, ri])
+        flags = np.int64(u16[4, ri])
         slot, f, d = _lookup(H, A, S, shi, slo, dhi, dlo, sp, dp, proto)
         syn = proto == 6 and (flags & _TCP_SYN) != 0
         pure_syn = syn and (flags & _TCP_ACK) == 0
@@ -402,7 +403,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
         if f >= 0 and pure_syn:
             # a new connection on a reused 5-tuple (RFC 9293 sec 3.10.7.4 TIME-WAIT reuse):
             # after the old one closed, or a SYN with another ISN than the flow's own SYN
-            seq = np.int64(u32[2, r])
+            seq = np.int64(u32[2, ri])
             if S[f, F_CLOSED] == 1 or (S[f, F_SYN_SEQ] >= 0 and S[f, F_SYN_SEQ] != seq):
                 prev = f
                 f = -1
@@ -411,34 +412,34 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 return r, n_flows, nr, nb, STOP_FLOWS_FULL
             f = n_flows
             n_flows += 1
-            _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, r]), np.int64(u8[7, r]), ts)
+            _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, ri]), np.int64(u8[7, ri]), ts)
             S[f, F_PREV] = prev
             H[slot] = f + 1
             d = 0
         o = 1 - d
-        out_flow[r] = f
-        out_dir[r] = d
-        plen = np.int64(u32[6, r])
+        out_flow[ri] = f
+        out_dir[ri] = d
+        plen = np.int64(u32[6, ri])
         S[f, F_LAST_TS] = ts
         S[f, D_PKTS + d] += 1
-        S[f, D_WIRE + d] += np.int64(u32[1, r])
+        S[f, D_WIRE + d] += np.int64(u32[1, ri])
         S[f, D_PAYLOAD + d] += plen
         if plen > 0:
             S[f, D_DATA_PKTS + d] += 1
             if S[f, D_FIRST_DATA_TS + d] < 0:
                 S[f, D_FIRST_DATA_TS + d] = ts
             S[f, D_LAST_DATA_TS + d] = ts
-        pcap = np.int64(u32[7, r])
+        pcap = np.int64(u32[7, ri])
         if proto == 17:
             good = plen
             S[f, D_UNIQUE + d] += plen
-            out_good[r] = plen
+            out_good[ri] = plen
             # QUIC (RFC 9000 sec 17): long header = first bit set; Initial type bits 00 (v1,
             # drafts) or 01 (v2, RFC 9369 sec 3.2); version 0 is Version Negotiation
             if pcap >= 5:
                 # the payload's first bytes, as the decoder read them while the record was in
                 # cache (reading them from the chunk here missed it: ~1/4 of this kernel's time)
-                head = u64[4, r]
+                head = u64[4, ri]
                 b0 = np.int64(head >> np.uint64(56))
                 if b0 & 0x80:
                     ver = np.int64((head >> np.uint64(24)) & np.uint64(0xFFFFFFFF))
@@ -458,7 +459,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                         S[f, F_QUIC_SR_TS] = ts
                     if S[f, D_SNIPS + d] < snip_max:
                         S[f, D_SNIPS + d] += 1
-                        out_snip[r] = 1
+                        out_snip[ri] = 1
                 elif b0 & 0x40:
                     # short header: spin bit (RFC 9000 sec 17.4); one RTT between edges
                     spin = (b0 >> 5) & 1
@@ -472,10 +473,10 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
             nb = _bin_add(S, f, d, ts, bin_ns, good, plen, 0, bins, nb)
             continue
         # ---- TCP ----------------------------------------------------------------------------
-        seq = np.int64(u32[2, r])
-        ack = np.int64(u32[3, r])
-        win = np.int64(u16[5, r])
-        opts = np.int64(u8[5, r])
+        seq = np.int64(u32[2, ri])
+        ack = np.int64(u32[3, ri])
+        win = np.int64(u16[5, ri])
+        opts = np.int64(u8[5, ri])
         fin = (flags & _TCP_FIN) != 0
         rst = (flags & _TCP_RST) != 0
         if syn:
@@ -489,9 +490,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 if S[f, F_SYNACK_TS] < 0:
                     S[f, F_SYNACK_TS] = ts
             S[f, D_SYN_SEEN + d] = 1
-            S[f, D_WS + d] = np.int64(u8[4, r]) if (opts & _OPT_WS) else -1
+            S[f, D_WS + d] = np.int64(u8[4, ri]) if (opts & _OPT_WS) else -1
             if opts & _OPT_MSS:
-                S[f, D_MSS + d] = np.int64(u16[6, r])
+                S[f, D_MSS + d] = np.int64(u16[6, ri])
             if S[f, D_HAS_BASE + d] == 0 or (S[f, D_MAX_END + d] <= 1 and S[f, D_BASE + d] != seq):
                 S[f, D_HAS_BASE + d] = 1
                 S[f, D_BASE + d] = seq
@@ -510,10 +511,10 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
         good = 0
         retx = 0
         if plen > 0:
-            out_soff[r] = rel - (1 if S[f, D_SYN_SEEN + d] == 1 else 0) + (1 if syn else 0)
+            out_soff[ri] = rel - (1 if S[f, D_SYN_SEEN + d] == 1 else 0) + (1 if syn else 0)
             if S[f, D_SNIPS + d] < snip_max and pcap > 0:
                 S[f, D_SNIPS + d] += 1
-                out_snip[r] = 1
+                out_snip[ri] = 1
         if seglen > 0:
             mx = S[f, D_MAX_END + d]
             if rel < mx:
@@ -524,15 +525,15 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                     # fast retransmission (RFC 5681 sec 3.2) answering the duplicate ACKs
                     S[f, D_RETX + d] += 1
                     retx = 1
-                    out_class[r] = CLASS_RETX
+                    out_class[ri] = CLASS_RETX
                 elif ts - S[f, D_MAX_TS + d] < _ooo_threshold(S, f, ooo_ns) and end != mx:
                     # arrived soon after the highest segment and is not a copy of it: reordering
                     S[f, D_OOO + d] += 1
-                    out_class[r] = CLASS_OOO
+                    out_class[ri] = CLASS_OOO
                 else:
                     S[f, D_RETX + d] += 1
                     retx = 1
-                    out_class[r] = CLASS_RETX
+                    out_class[ri] = CLASS_RETX
                 # Karn (RFC 6298 sec 3): a segment sent more than once gives only ambiguous samples
                 _ring_retransmit(R, S, f, d, ring, rel, end, ts)
                 if end > mx:
@@ -563,7 +564,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 if good < 0:
                     good = 0
             S[f, D_UNIQUE + d] += good
-            out_good[r] = good
+            out_good[ri] = good
         # ---- ACK side: what d says about the other direction's data ------------------------
         if (flags & _TCP_ACK) and S[f, D_HAS_BASE + o] == 1:
             ack_rel = _unwrap(S, f, o, ack)
@@ -595,7 +596,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
             S[f, D_ACK_TS + d] = ts
             # SACK (RFC 2018): a block above the cumulative ACK reports a hole (a loss)
             if opts & _OPT_SACK:
-                sle = np.int64(u32[8, r])
+                sle = np.int64(u32[8, ri])
                 sle_rel = _unwrap(S, f, o, sle)
                 if sle_rel > ack_rel:
                     if S[f, D_SACK_ACTIVE + d] == 0:
@@ -637,8 +638,8 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 S[f, D_RWL_SINCE + d] = -1
         # ---- timestamps option: TSval -> first echo (RFC 7323 sec 4.1) ---------------------
         if opts & _OPT_TS:
-            tsval = np.int64(u32[4, r])
-            tsecr = np.int64(u32[5, r])
+            tsval = np.int64(u32[4, ri])
+            tsecr = np.int64(u32[5, ri])
             if S[f, D_TS_TS + o] >= 0 and (flags & _TCP_ACK):
                 diff = ((tsecr - S[f, D_TS_VAL + o] + _HALF) % _MOD) - _HALF
                 if diff == 0:

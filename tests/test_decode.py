@@ -321,3 +321,16 @@ def test_payload_head_is_the_first_captured_payload_bytes(write_file):  # type: 
         assert int(table.payload_head[i]) == int.from_bytes(head.ljust(8, b"\0"), "big"), i
     assert int(table.payload_head[-1]) == int.from_bytes(b"ABC".ljust(8, b"\0"), "big")
     assert int(table.payload_head[3 * 3 + 1]) >> 56 == 0xC0  # a QUIC long header's first byte
+
+
+def test_kernel_column_constants_match_the_table_layout() -> None:
+    """decode.py writes columns by constant index: they must be packets.py's layout."""
+    from keepiton_throttle import decode as D
+
+    assert (D._N_I64, D._N_U64, D._N_U32, D._N_U16, D._N_U8) == tuple(len(c) for _, _, c in P.BLOCKS)
+    named = {"ts_ns": D._I_TS, "payload_off": D._I_POFF, "frame": D._I_FRAME,
+             "src_hi": D._Q_SHI, "dst_lo": D._Q_DLO, "payload_head": D._Q_HEAD,
+             "payload_caplen": D._W_PCAP, "sack_re": D._W_SRE, "tcp_mss": D._H_MSS,
+             "tcp_wscale": D._B_WS, "ttl": D._B_TTL}
+    for name, idx in named.items():
+        assert P.COLUMNS[name][1] == idx, name

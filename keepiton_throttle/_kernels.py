@@ -457,7 +457,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                         _set_role(S, f, d, ROLE_QUIC)
                     elif ver != 0 and S[f, F_QUIC_CI_TS] >= 0 and S[f, F_CLIENT] == o and S[f, F_QUIC_SR_TS] < 0:
                         S[f, F_QUIC_SR_TS] = ts
-                    if S[f, D_SNIPS + d] < snip_max:
+                    # only the client's Initials are decrypted: once the role is known from
+                    # them (it never changes after), the server's are not kept
+                    if S[f, D_SNIPS + d] < snip_max and (S[f, F_ROLE_SRC] != ROLE_QUIC or S[f, F_CLIENT] == d):
                         S[f, D_SNIPS + d] += 1
                         out_snip[ri] = 1
                 elif b0 & 0x40:
@@ -512,7 +514,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
         retx = 0
         if plen > 0:
             out_soff[ri] = rel - (1 if S[f, D_SYN_SEEN + d] == 1 else 0) + (1 if syn else 0)
-            if S[f, D_SNIPS + d] < snip_max and pcap > 0:
+            # the ClientHello is looked for in the client's stream; the server's is kept only
+            # while a later SYN could still make it the client's (ROLE_SYN is final)
+            if S[f, D_SNIPS + d] < snip_max and pcap > 0 and (S[f, F_ROLE_SRC] != ROLE_SYN or S[f, F_CLIENT] == d):
                 S[f, D_SNIPS + d] += 1
                 out_snip[ri] = 1
         if seglen > 0:

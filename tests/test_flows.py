@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -190,3 +191,43 @@ def test_rtt_samples_stay_sorted_when_the_clock_steps_back(tmp_path: Path) -> No
     assert np.array_equal(order, np.arange(r.shape[1]))
     _, base = analyze_file(SAMPLES / "sample-lossy-tcp.pcap")
     assert r.shape == base.rtts.shape  # the same samples, only where they sit differs
+
+
+def test_snippets_kept_only_where_the_client_hello_can_be(tmp_path: Path) -> None:
+    """Payload is kept for handshake parsing from the client's stream; the server's is dropped
+    once a SYN has fixed the roles, and kept (and searched) while they are only guessed."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    from keepiton_throttle.flows import FlowBuilder
+    from keepiton_throttle.sources.capture import CaptureReader
+    from keepiton_throttle.testbed.client import client_hello_bytes
+
+    hello = client_hello_bytes("video.example.net")
+    c, s = "10.0.0.1", "10.0.0.2"
+
+    def seg(src: str, dst: str, sp: int, dp: int, seq: int, flags: str, data: bytes = b"") -> Any:
+        return Ether() / IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, seq=seq, ack=1, flags=flags) / data
+
+    # 1) handshake seen: the client (SYN sender) uses port 50000, the server 443
+    pk = [seg(c, s, 50000, 443, 100, "S"), seg(s, c, 443, 50000, 900, "SA"),
+          seg(c, s, 50000, 443, 101, "A"), seg(c, s, 50000, 443, 101, "PA", hello),
+          seg(s, c, 443, 50000, 901, "PA", b"\x16\x03\x03" + b"s" * 300)]
+    # 2) seen from the middle of the connection, and the client has the lower port: the port
+    # rule guesses the roles the wrong way round, so both streams are searched
+    pk += [seg(c, s, 80, 60000, 7000, "PA", hello), seg(s, c, 60000, 80, 3000, "PA", b"x" * 200)]
+    for k, p in enumerate(pk):
+        p.time = 1_700_000_000 + k / 1000
+    path = tmp_path / "roles.pcap"
+    wrpcap(str(path), pk)
+    b = FlowBuilder()
+    with CaptureReader(path) as r:
+        for ch in r:
+            b.add(ch)
+    kept = {key: len(v) for key, v in b._snips.parts.items()}
+    table, _ = b.finish()
+    assert table.n == 2
+    assert [h.sni for h in table.hello] == ["video.example.net", "video.example.net"]
+    assert kept.get((0, 1), 0) == 0 and kept[(0, 0)] == 1  # SYN-opened: the server's is dropped
+    assert kept[(1, 0)] == 1 and kept[(1, 1)] == 1  # guessed roles: both kept

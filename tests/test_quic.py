@@ -589,6 +589,11 @@ def test_parse_long_header_fields_and_errors() -> None:
         (b"\xc0\x00\x00\x00\x01\x08abc", "long header cut short inside the DCID"),
         (b"\xc0\x00\x00\x00\x01\x00\x00\x05ab", "Token length 5 runs past the end of the packet"),
         (b"\xc0\x00\x00\x00\x01\x00\x00\x00\x44", "Length needs 2 bytes, 1 left"),
+        # a Length no UDP datagram can hold (random bytes with the high bit set)
+        (b"\xc0\x00\x00\x00\x01\x00\x00\x00\xc0\x00\x00\x01\x00\x00\x00\x00" + bytes(30),
+         "Length 4294967296 runs past the largest UDP datagram"),
+        (b"\xc0\x00\x00\x00\x01\x00\x00\x00\x80\x00\xff\xf8" + bytes(30),
+         "Length 65528 runs past the largest UDP datagram"),
     ]
     for data, message in cases:
         with pytest.raises(QUICParseError) as info:

@@ -113,6 +113,8 @@ HEADER_PROTECTION_SAMPLE_LENGTH = 16
 AEAD_TAG_LENGTH = 16
 # RFC 9000 sec. 16: variable-length integers are at most 2^62 - 1
 MAX_VARINT = (1 << 62) - 1
+#: a QUIC packet lies within one UDP datagram (RFC 9000 sec. 12.2): at most 65,535 - 8 bytes
+MAX_UDP_PAYLOAD = 65_527
 
 # RFC 9000 sec. 19 frame types allowed in Initial packets (sec. 12.4, Table 3)
 FRAME_PADDING = 0x00
@@ -394,6 +396,10 @@ def parse_long_header(packet: bytes) -> LongHeader:
         token = data[pos : pos + token_length]
         pos += token_length
     length, pos = _pull_varint(data, pos, "Length")
+    if pos + length > MAX_UDP_PAYLOAD:
+        # not a packet of this version at all (random bytes with the high bit set): reject it
+        # here rather than derive keys and decrypt
+        raise QUICParseError(f"Length {length} runs past the largest UDP datagram")
     return LongHeader(first, version, dcid, scid, packet_type, token, length, pos)
 
 

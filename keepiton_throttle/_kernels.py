@@ -370,24 +370,24 @@ def _emit_rtt(rtt, nr, f, ts, value, kind, d, S, lim):
 @flat_kernel
 def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
               H, A, S, R, n_flows, ring,
-              out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr0, nb0,
-              rtt_lim):
+              out_flow, out_dir, out_good, out_class, rtt, bins, snips, nr0, nb0, ns0, rtt_lim):
     """Analyse rows ``row0..n-1`` of a packet-table chunk (blocks as in packets.py, at least
     ``n`` columns wide: the reader's whole output blocks, read in place).
 
     Writes per row: ``out_flow`` (-1: not a TCP/UDP flow packet), ``out_dir`` (0 A->B),
-    ``out_soff`` (TCP: byte offset of the payload in its direction's stream), ``out_snip``
-    (1: keep this payload for handshake parsing), ``out_good`` (unique payload bytes the row
-    delivered), ``out_class`` (CLASS_*: retransmission / out-of-order). Appends RTT samples to
-    ``rtt`` (6 rows, see ``_emit_rtt``; thinned by ``rtt_lim``) from column ``nr0`` and
-    finished bins to ``bins`` from ``nb0``.
+    ``out_good`` (unique payload bytes the row delivered), ``out_class`` (CLASS_*:
+    retransmission / out-of-order). Appends RTT samples to ``rtt`` (6 rows, see ``_emit_rtt``;
+    thinned by ``rtt_lim``) from column ``nr0``, finished bins to ``bins`` from ``nb0``, and
+    the rows whose payload to keep for handshake parsing to ``snips`` from ``ns0`` (row 0: the
+    row; row 1: TCP, the payload's byte offset in its direction's stream, else -1).
 
-    Returns (next row, n_flows, nr, nb, stop): STOP_FLOWS_FULL asks the caller to grow the
+    Returns (next row, n_flows, nr, nb, ns, stop): STOP_FLOWS_FULL asks the caller to grow the
     flow arrays (and hash table) and call again from the returned row.
     """
     cap = S.shape[0]
     nr = nr0
     nb = nb0
+    ns = ns0
     # the next row's hash-table entry is read one row ahead, so that its cache miss overlaps
     # this row's work (waiting for it was ~1/10 of this kernel's time)
     mask = np.uint64(H.shape[0] - 1)
@@ -405,8 +405,6 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
             nh = np.int64(H[nslot])
         out_flow[ri] = -1
         out_dir[ri] = 0
-        out_soff[ri] = -1
-        out_snip[ri] = 0
         out_good[ri] = 0
         out_class[ri] = CLASS_NEW
         proto = np.int64(u8[1, ri])
@@ -436,7 +434,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 f = -1
         if f < 0:
             if n_flows >= cap:
-                return r, n_flows, nr, nb, STOP_FLOWS_FULL
+                return r, n_flows, nr, nb, ns, STOP_FLOWS_FULL
             f = n_flows
             n_flows += 1
             _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, ri]), np.int64(u8[7, ri]), ts)
@@ -490,7 +488,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                     # them (it never changes after), the server's are not kept
                     if S[f, D_SNIPS + d] < snip_max and (S[f, F_ROLE_SRC] != ROLE_QUIC or S[f, F_CLIENT] == d):
                         S[f, D_SNIPS + d] += 1
-                        out_snip[ri] = 1
+                        snips[0, ns] = r
+                        snips[1, ns] = -1
+                        ns += 1
                 elif b0 & 0x40:
                     # short header: spin bit (RFC 9000 sec 17.4); one RTT between edges
                     spin = (b0 >> 5) & 1
@@ -542,12 +542,13 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
         good = 0
         retx = 0
         if plen > 0:
-            out_soff[ri] = rel - (1 if S[f, D_SYN_SEEN + d] == 1 else 0) + (1 if syn else 0)
             # the ClientHello is looked for in the client's stream; the server's is kept only
             # while a later SYN could still make it the client's (ROLE_SYN is final)
             if S[f, D_SNIPS + d] < snip_max and pcap > 0 and (S[f, F_ROLE_SRC] != ROLE_SYN or S[f, F_CLIENT] == d):
                 S[f, D_SNIPS + d] += 1
-                out_snip[ri] = 1
+                snips[0, ns] = r
+                snips[1, ns] = rel - (1 if S[f, D_SYN_SEEN + d] == 1 else 0) + (1 if syn else 0)
+                ns += 1
         if seglen > 0:
             mx = S[f, D_MAX_END + d]
             if rel < mx:
@@ -693,7 +694,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
         if rst or (S[f, D_FIN] == 1 and S[f, D_FIN + 1] == 1):
             S[f, F_CLOSED] = 1
         nb = _bin_add(S, f, d, ts, bin_ns, good, plen, retx, bins, nb)
-    return n, n_flows, nr, nb, STOP_DONE
+    return n, n_flows, nr, nb, ns, STOP_DONE
 
 
 @flat_kernel

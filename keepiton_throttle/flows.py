@@ -245,16 +245,15 @@ class FlowBuilder:
         out_dir = np.empty(n, dtype=np.uint8)
         out_good = np.empty(n, dtype=np.int64)
         out_class = np.empty(n, dtype=np.uint8)
-        out_soff, out_snip, rtt, bins = self._scratch_for(n)
-        row, nr, nb = 0, 0, 0
+        rtt, bins, snips = self._scratch_for(n)
+        row, nr, nb, ns = 0, 0, 0, 0
         i64, u64, u32, u16, u8 = (_whole_block(b[k]) for k in ("i64", "u64", "u32", "u16", "u8"))
         while True:
-            row, self.n_flows, nr, nb, stop = K.flow_pass(
+            row, self.n_flows, nr, nb, ns, stop = K.flow_pass(
                 i64, u64, u32, u16, u8, n, row,
                 self.bin_ns, self.ooo_ns, self.snip_max,
                 self._H, self._A, self._S, self._R, self.n_flows, self.ring,
-                out_flow, out_dir, out_soff, out_snip, out_good, out_class, rtt, bins, nr, nb,
-                self._rtt_lim)
+                out_flow, out_dir, out_good, out_class, rtt, bins, snips, nr, nb, ns, self._rtt_lim)
             if stop == K.STOP_DONE:
                 break
             self._grow()
@@ -265,27 +264,27 @@ class FlowBuilder:
                                     k[3].astype(np.int8), k[4].astype(np.int8), k[5].astype(np.int32)))
         if nb:
             self._bin_parts.append(bins[:, :nb].copy())
-        sel = np.flatnonzero(out_snip[:n])
-        if sel.size:
+        if ns:
+            sel = snips[0, :ns]
             lo = t.payload_off[sel] - chunk.data_offset
             hi = lo + t.payload_caplen[sel]
             data = memoryview(chunk.data.data)
             keep = self._snips.add
             for fl, d, soff, a, z in zip(out_flow[sel].tolist(), out_dir[sel].tolist(),
-                                         out_soff[sel].tolist(), lo.tolist(), hi.tolist(), strict=True):
+                                         snips[1, :ns].tolist(), lo.tolist(), hi.tolist(), strict=True):
                 keep(fl, d, soff, bytes(data[a:z]))
         return RowFlows(out_flow, out_dir, out_good, out_class)
 
     def _scratch_for(self, n: int) -> tuple[npt.NDArray[Any], ...]:
-        """The kernel's per-chunk outputs that do not leave ``add``, sized for ``n`` rows."""
+        """The kernel's per-chunk outputs that do not leave ``add`` (RTT samples, bins, rows
+        to keep payload of), reused, for at least ``n`` rows."""
         sc = self._scratch
-        if not sc or sc["soff"].size < n:
+        if not sc or sc["snips"].shape[1] < n:
             m = max(n, 1024)
-            sc["soff"] = np.empty(m, dtype=np.int64)
-            sc["snip"] = np.empty(m, dtype=np.uint8)
             sc["rtt"] = np.empty((6, 2 * m + 16), dtype=np.int64)
             sc["bins"] = np.empty((7, m + 16), dtype=np.int64)
-        return sc["soff"], sc["snip"], sc["rtt"], sc["bins"]
+            sc["snips"] = np.empty((2, m), dtype=np.int64)
+        return sc["rtt"], sc["bins"], sc["snips"]
 
     def _sorted_rtts(self, client: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         """All RTT samples as one (5, n) int64 block sorted by (flow, ts), oriented (row 4:

@@ -231,3 +231,28 @@ def test_snippets_kept_only_where_the_client_hello_can_be(tmp_path: Path) -> Non
     assert [h.sni for h in table.hello] == ["video.example.net", "video.example.net"]
     assert kept.get((0, 1), 0) == 0 and kept[(0, 0)] == 1  # SYN-opened: the server's is dropped
     assert kept[(1, 0)] == 1 and kept[(1, 1)] == 1  # guessed roles: both kept
+
+
+def test_place_rtts_equals_a_stable_sort_by_flow() -> None:
+    """The one-pass placement of RTT samples equals the obvious way: a stable sort by flow
+    (capture order within a flow), the sender compared with the flow's client."""
+    rng = np.random.default_rng(11)
+    n, nf = 5000, 37
+    flow = rng.integers(0, nf, n).astype(np.int32)
+    rank = np.zeros(n, dtype=np.int32)
+    seen = np.zeros(nf, dtype=np.int64)
+    for i, f in enumerate(flow):
+        rank[i] = seen[f]
+        seen[f] += 1
+    ts = np.sort(rng.integers(0, 10**12, n))
+    rtt = rng.integers(1, 10**9, n)
+    kind = rng.integers(1, 5, n).astype(np.int8)
+    sender = rng.integers(0, 2, n).astype(np.int8)
+    client = rng.integers(0, 2, nf).astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(np.bincount(flow, minlength=nf))[:-1])).astype(np.int64)
+    out = np.full((5, n), -7, dtype=np.int64)
+    K.place_rtts(flow, rank, ts, rtt, kind, sender, starts, client, out)
+    order = np.argsort(flow, kind="stable")
+    want = np.vstack([flow[order], ts[order], rtt[order], kind[order],
+                      (sender[order] == client[flow[order]]).astype(np.int64)])
+    assert np.array_equal(out, want)

@@ -59,6 +59,8 @@ from typing import Any
 
 import numpy as np
 
+from .testbed.censor import Policer, Shaper
+
 __all__ = [
     "GroundTruth",
     "Scenario",
@@ -505,66 +507,6 @@ class _Fifo:
         return d
 
 
-class _Policer:
-    """Token bucket dropping the excess; starts full (the testbed's ``Policer``)."""
-
-    __slots__ = ("rate", "bucket", "tokens", "t_last")
-
-    def __init__(self, rate_bps: float, bucket_bytes: int, t: int) -> None:
-        self.rate = rate_bps / 8e9  # bytes per ns
-        self.bucket = float(bucket_bytes)
-        self.tokens = float(bucket_bytes)
-        self.t_last = t
-
-    def admit(self, t: int, size: int) -> int:
-        tokens = self.tokens + (t - self.t_last) * self.rate
-        if tokens > self.bucket:
-            tokens = self.bucket
-        self.t_last = t
-        if tokens >= size:
-            self.tokens = tokens - size
-            return t
-        self.tokens = tokens
-        return -1
-
-
-class _Shaper:
-    """Token bucket feeding a FIFO of ``queue_bytes`` (the testbed's ``Shaper``)."""
-
-    __slots__ = ("rate", "bucket", "limit", "t0", "tok0", "backlog", "pending")
-
-    def __init__(self, rate_bps: float, bucket_bytes: int, queue_bytes: int, t: int) -> None:
-        self.rate = rate_bps / 8e9
-        self.bucket = float(bucket_bytes)
-        self.limit = queue_bytes
-        self.t0 = t
-        self.tok0 = float(bucket_bytes)
-        self.backlog = 0
-        self.pending: deque[tuple[int, int]] = deque()
-
-    def admit(self, t: int, size: int) -> int:
-        pending = self.pending
-        while pending and pending[0][0] <= t:
-            self.backlog -= pending.popleft()[1]
-        if self.backlog + size > self.limit:
-            return -1
-        start = t if t > self.t0 else self.t0
-        tokens = self.tok0 + (start - self.t0) * self.rate
-        if tokens > self.bucket:
-            tokens = self.bucket
-        if tokens >= size:
-            depart = start
-            tokens -= size
-        else:
-            depart = start + int((size - tokens) / self.rate) + 1
-            tokens = 0.0
-        self.t0 = depart
-        self.tok0 = tokens
-        pending.append((depart, size))
-        self.backlog += size
-        return depart
-
-
 class _Censor:
     """The censor's state for one flow: bytes carried and, for targets, the throttle."""
 
@@ -576,7 +518,7 @@ class _Censor:
         self.mech = "" if th is None else th.mechanism
         self.onset = 0 if th is None else th.onset_bytes
         self.stall = (th.stall_bytes or 0) if th is not None and th.mechanism == "stall" else -1
-        self.box: _Policer | _Shaper | None = None
+        self.box: Policer | Shaper | None = None
         self.first_action = -1
         self.drops = 0
 
@@ -598,10 +540,14 @@ class _Censor:
                 th = self.th
                 assert th is not None and th.rate_bps is not None and th.bucket_bytes is not None
                 if mech == "policing":
-                    box = self.box = _Policer(th.rate_bps, th.bucket_bytes, t)
+                    box = self.box = Policer(th.rate_bps, th.bucket_bytes, now_ns=t)
                 else:
-                    box = self.box = _Shaper(th.rate_bps, th.bucket_bytes, th.queue_bytes or 0, t)
-            out = box.admit(t, size)
+                    box = self.box = Shaper(th.rate_bps, th.bucket_bytes, th.queue_bytes or 0, now_ns=t)
+            # the testbed censor's own token buckets
+            if isinstance(box, Policer):
+                out = t if box.admit(size, t) else -1
+            else:
+                out = box.schedule(size, t)
         if out != t and self.first_action < 0:
             self.first_action = before
         if out < 0:

@@ -91,7 +91,7 @@ class Policer:
 
     __slots__ = ("rate_Bpns", "bucket", "tokens", "t_last", "dropped", "passed")
 
-    def __init__(self, rate_bps: int, bucket_bytes: int, *, now_ns: int) -> None:
+    def __init__(self, rate_bps: float, bucket_bytes: int, *, now_ns: int) -> None:
         self.rate_Bpns = rate_bps / 8 / NS
         self.bucket = float(bucket_bytes)
         self.tokens = float(bucket_bytes)
@@ -125,7 +125,7 @@ class Shaper:
 
     __slots__ = ("rate_Bpns", "bucket", "queue", "t0", "tok0", "backlog", "pending", "dropped", "passed")
 
-    def __init__(self, rate_bps: int, bucket_bytes: int, queue_bytes: int, *, now_ns: int) -> None:
+    def __init__(self, rate_bps: float, bucket_bytes: int, queue_bytes: int, *, now_ns: int) -> None:
         self.rate_Bpns = rate_bps / 8 / NS
         self.bucket = float(bucket_bytes)
         self.queue = queue_bytes

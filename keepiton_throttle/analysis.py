@@ -28,7 +28,7 @@ from .characterize import (
     steadiness,
 )
 from .flows import FlowBuilder, FlowTable, flow_records
-from .series import FlowTrace, PathRtts, TimingSeries, handshake_halves, path_rtts
+from .series import FlowTrace, PathRtts, TimingSeries, path_rtts
 from .sources.capture import CaptureReader, chunks_of
 from .targets import Target
 
@@ -241,7 +241,7 @@ def _evidence(path: str, table: FlowTable, series: TimingSeries, paths: PathRtts
     rec = flow_records(table, series, rows=[f], paths=paths)[0]
     transport = rec["transport"]
     up_main = int(c["goodput_up"][f]) > int(c["goodput_down"][f])
-    s2a, a2a = (int(x[f]) for x in handshake_halves(c))
+    s2a, a2a = int(paths.syn_to_synack_ns[f]), int(paths.synack_to_ack_ns[f])
     rtt_ts, rtt = paths.of(f)
     hs_rtt = s2a + a2a if s2a >= 0 and a2a >= 0 else None
     floors = [v for v in (hs_rtt, int(rtt.min()) if rtt.size else None) if v is not None and v > 0]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import flat_kernel, inline_kernel
+from .packets import BLOCKS
 
 # Stop codes.
 STOP_NEED_MORE = 0
@@ -56,7 +57,7 @@ _Q_SHI, _Q_SLO, _Q_DHI, _Q_DLO, _Q_HEAD = 0, 1, 2, 3, 4
 (_W_CAP, _W_WIRE, _W_SEQ, _W_ACK, _W_TSV, _W_TSE, _W_PLEN, _W_PCAP, _W_SLE, _W_SRE) = range(10)
 (_H_IFACE, _H_LINK, _H_SPORT, _H_DPORT, _H_FLAGS, _H_WIN, _H_MSS) = range(7)
 (_B_IPV, _B_PROTO, _B_STATUS, _B_FRAG, _B_WS, _B_OPTS, _B_SACKN, _B_ENCAP, _B_TTL) = range(9)
-_N_I64, _N_U64, _N_U32, _N_U16, _N_U8 = 3, 5, 10, 7, 9
+_N_I64, _N_U64, _N_U32, _N_U16, _N_U8 = (len(names) for _, _, names in BLOCKS)
 
 _OK = 0
 _TRUNC = 1

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from . import _kernels as K
 from .packets import format_address
-from .series import VANTAGES, PathRtts, TimingSeries, handshake_halves, path_rtts
+from .series import VANTAGES, PathRtts, TimingSeries, path_rtts
 from .sources.capture import CaptureReader, Chunk, chunks_of
 
 #: default goodput bin width, ns (100 ms: fine enough for a 130 kbit/s policer's plateau,
@@ -441,60 +441,61 @@ def flow_records(table: FlowTable, series: TimingSeries, *, rows: Sequence[int] 
     c = table.cols
     if paths is None:
         paths = path_rtts(c, series)
-    rtt = {k: v.tolist() for k, v in paths.summary().items()}
-    s2a, a2a = handshake_halves(c)
-    qsr = c["quic_server_reply_ts"]
+    # the columns are read for the asked rows only, as lists (record k is flow sel[k])
+    sel = np.arange(table.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    rtt = {k: v[sel].tolist() for k, v in paths.summary().items()}
+    s2a, a2a = paths.syn_to_synack_ns[sel], paths.synack_to_ack_ns[sel]
+    qsr = c["quic_server_reply_ts"][sel]
     hs = np.where((s2a >= 0) & (a2a >= 0), s2a + a2a,
-                  np.where(qsr >= 0, qsr - c["quic_client_initial_ts"], -1)).tolist()
+                  np.where(qsr >= 0, qsr - c["quic_client_initial_ts"][sel], -1)).tolist()
     names = ("packets_up", "packets_down", "bytes_up", "bytes_down", "goodput_down", "goodput_up",
              "first_ts", "last_ts", "data_packets_down", "role_source")
-    col = {k: c[k].tolist() for k in names}
-    both = {k: (c[f"{k}_up"] + c[f"{k}_down"]).tolist()
+    col = {k: c[k][sel].tolist() for k in names}
+    both = {k: (c[f"{k}_up"][sel] + c[f"{k}_down"][sel]).tolist()
             for k in ("retransmissions", "out_of_order", "dup_acks", "sack_loss_events")}
-    retx_down = c["retransmissions_down"].tolist()
-    zw_up = c["zero_window_ns_up"].tolist()
-    rwl_down = c["rwnd_limited_ns_down"].tolist()
-    vantage = paths.vantage.tolist()
+    retx_down = c["retransmissions_down"][sel].tolist()
+    zw_up = c["zero_window_ns_up"][sel].tolist()
+    rwl_down = c["rwnd_limited_ns_down"][sel].tolist()
+    vantage = paths.vantage[sel].tolist()
     out = []
-    for i in range(table.n) if rows is None else rows:
-        i = int(i)
+    for k, i in enumerate(sel.tolist()):
         h = table.hello[i]
-        pk_down = col["data_packets_down"][i]
-        p50 = rtt["rtt_ms_p50"][i]
+        pk_down = col["data_packets_down"][k]
+        p50 = rtt["rtt_ms_p50"][k]
         out.append({
             "flow": i,
             "transport": table.transport(i),
             "client": table.client(i),
             "server": table.server(i),
-            "role_source": ROLE_SOURCES[col["role_source"][i]],
+            "role_source": ROLE_SOURCES[col["role_source"][k]],
             "sni": h.sni,
             "alpn": list(h.alpn),
             "tls_versions": [f"0x{v:04x}" for v in h.tls_versions],
             "ech": h.ech,
             "quic_version": None if h.quic_version is None else f"0x{h.quic_version:08x}",
-            "packets_up": col["packets_up"][i],
-            "packets_down": col["packets_down"][i],
-            "bytes_up": col["bytes_up"][i],
-            "bytes_down": col["bytes_down"][i],
-            "goodput_bytes_down": col["goodput_down"][i],
-            "goodput_bytes_up": col["goodput_up"][i],
-            "start": col["first_ts"][i] / 1e9,
-            "duration_s": (col["last_ts"][i] - col["first_ts"][i]) / 1e9,
+            "packets_up": col["packets_up"][k],
+            "packets_down": col["packets_down"][k],
+            "bytes_up": col["bytes_up"][k],
+            "bytes_down": col["bytes_down"][k],
+            "goodput_bytes_down": col["goodput_down"][k],
+            "goodput_bytes_up": col["goodput_up"][k],
+            "start": col["first_ts"][k] / 1e9,
+            "duration_s": (col["last_ts"][k] - col["first_ts"][k]) / 1e9,
             "goodput_bps": table.goodput_bps(i),
-            "handshake_rtt_ms": None if hs[i] < 0 else hs[i] / 1e6,
-            "vantage": VANTAGES[vantage[i]],
+            "handshake_rtt_ms": None if hs[k] < 0 else hs[k] / 1e6,
+            "vantage": VANTAGES[vantage[k]],
             "rtt_ms_p50": None if p50 != p50 else p50,  # NaN: no samples
-            "rtt_ms_p95": None if p50 != p50 else rtt["rtt_ms_p95"][i],
-            "rtt_ms_min": None if p50 != p50 else rtt["rtt_ms_min"][i],
-            "rtt_samples": rtt["rtt_samples"][i],
-            "retransmissions": both["retransmissions"][i],
-            "retransmissions_down": retx_down[i],
-            "retransmission_rate": retx_down[i] / pk_down if pk_down else 0.0,
-            "out_of_order": both["out_of_order"][i],
-            "dup_acks": both["dup_acks"][i],
-            "sack_loss_events": both["sack_loss_events"][i],
-            "zero_window_s": zw_up[i] / 1e9,
-            "rwnd_limited_s": rwl_down[i] / 1e9,
+            "rtt_ms_p95": None if p50 != p50 else rtt["rtt_ms_p95"][k],
+            "rtt_ms_min": None if p50 != p50 else rtt["rtt_ms_min"][k],
+            "rtt_samples": rtt["rtt_samples"][k],
+            "retransmissions": both["retransmissions"][k],
+            "retransmissions_down": retx_down[k],
+            "retransmission_rate": retx_down[k] / pk_down if pk_down else 0.0,
+            "out_of_order": both["out_of_order"][k],
+            "dup_acks": both["dup_acks"][k],
+            "sack_loss_events": both["sack_loss_events"][k],
+            "zero_window_s": zw_up[k] / 1e9,
+            "rwnd_limited_s": rwl_down[k] / 1e9,
             "end_state": table.end_state(i),
         })
     return out

@@ -11,7 +11,7 @@ the UDP payload (retransmissions cannot be told apart at this layer).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -144,75 +144,6 @@ class TimingSeries:
         return RttSamples(r[1], r[2], r[3], r[4].astype(bool))
 
 
-def detect_vantage(syn_to_synack_ns: int, synack_to_ack_ns: int, samples: RttSamples) -> str:
-    """Where the capture point sits on the path of a flow.
-
-    With a TCP handshake: at the client, SYN -> SYN/ACK spans the whole path and SYN/ACK -> ACK
-    is local; at the server the reverse; in the middle both are partial. Without one, the side
-    whose own data/TSvals give the larger RTT samples is the capture side (its samples cover
-    the path; the other side's measure only the local ACK delay). A factor of 4 separates
-    "one half is negligible" from "middle".
-    """
-    if syn_to_synack_ns >= 0 and synack_to_ack_ns >= 0:
-        a, b = syn_to_synack_ns, synack_to_ack_ns
-        if a > 4 * b:
-            return VANTAGE_CLIENT
-        if b > 4 * a:
-            return VANTAGE_SERVER
-        return VANTAGE_MIDDLE
-    ok = (samples.kind == SAMPLE_DATA_ACK) | (samples.kind == SAMPLE_TS_ECHO)
-    c = samples.rtt_ns[ok & samples.sender_is_client]
-    s = samples.rtt_ns[ok & ~samples.sender_is_client]
-    if c.size and s.size:
-        mc, ms = float(np.median(c)), float(np.median(s))
-        if mc > 4 * ms:
-            return VANTAGE_CLIENT
-        if ms > 4 * mc:
-            return VANTAGE_SERVER
-        return VANTAGE_MIDDLE
-    return VANTAGE_UNKNOWN
-
-
-def path_rtt(samples: RttSamples, vantage: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """(ts_ns, rtt_ns) samples of the whole path's RTT, valid at the detected vantage point.
-
-    Client side: samples timed on client-sent data/TSvals (plus spin-bit periods, which are a
-    full RTT anywhere); server side: server-sent; middle: each half-sample plus the median of
-    the other half, so that every sample estimates the full path. Unknown vantage: all samples
-    (documented as a limit).
-    """
-    samples = samples.karn()
-    spin = samples.kind == SAMPLE_SPIN
-    if vantage == VANTAGE_CLIENT:
-        m = samples.sender_is_client | spin
-    elif vantage == VANTAGE_SERVER:
-        m = ~samples.sender_is_client | spin
-    elif vantage == VANTAGE_MIDDLE:
-        c = samples.sender_is_client & ~spin
-        s = ~samples.sender_is_client & ~spin
-        out = samples.rtt_ns.copy()
-        if c.any() and s.any():
-            out[c] += int(np.median(samples.rtt_ns[s]))
-            out[s] += int(np.median(samples.rtt_ns[c]))
-        return samples.ts_ns, out
-    else:
-        return samples.ts_ns, samples.rtt_ns
-    return samples.ts_ns[m], samples.rtt_ns[m]
-
-
-def summarize_rtt(values_ns: npt.NDArray[np.int64]) -> dict[str, Any]:
-    """p50 / p95 / min in ms of RTT samples (None when there are none)."""
-    if values_ns.size == 0:
-        return {"rtt_ms_p50": None, "rtt_ms_p95": None, "rtt_ms_min": None, "rtt_samples": 0}
-    v = values_ns.astype(np.float64) / 1e6
-    return {
-        "rtt_ms_p50": float(np.percentile(v, 50)),
-        "rtt_ms_p95": float(np.percentile(v, 95)),
-        "rtt_ms_min": float(v.min()),
-        "rtt_samples": int(v.size),
-    }
-
-
 #: vantage codes of :class:`PathRtts` (index into this tuple)
 VANTAGES = (VANTAGE_UNKNOWN, VANTAGE_CLIENT, VANTAGE_SERVER, VANTAGE_MIDDLE)
 _V_UNKNOWN, _V_CLIENT, _V_SERVER, _V_MIDDLE = range(4)
@@ -220,7 +151,7 @@ _V_UNKNOWN, _V_CLIENT, _V_SERVER, _V_MIDDLE = range(4)
 
 def handshake_halves(cols: dict[str, npt.NDArray[np.int64]]) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Per flow of a flow table's ``cols``: (SYN -> SYN/ACK, SYN/ACK -> third ACK) in ns, -1
-    where either end was not seen (the arguments of :func:`detect_vantage`)."""
+    where either end was not seen."""
     syn, synack, hsack = cols["syn_ts"], cols["synack_ts"], cols["hsack_ts"]
     s2a = np.where((synack >= 0) & (syn >= 0), synack - syn, -1)
     a2a = np.where((hsack >= 0) & (synack >= 0), hsack - synack, -1)
@@ -276,38 +207,53 @@ def segment_percentile(sorted_values: npt.NDArray[np.float64], starts: npt.NDArr
 
 @dataclass(frozen=True)
 class PathRtts:
-    """Whole-path RTT samples of every flow, valid at each flow's detected vantage point:
-    :func:`detect_vantage` and :func:`path_rtt` for all flows at once (same rules, same
-    numbers; ``tests/test_series.py`` holds them equal)."""
+    """Whole-path RTT samples of every flow, valid at each flow's detected vantage point.
+
+    Vantage: with a TCP handshake, at the client SYN -> SYN/ACK spans the whole path and
+    SYN/ACK -> ACK is local, at the server the reverse, in the middle both are partial;
+    without one, the side whose own data/TSvals give the larger median sample is the capture
+    side. A factor of 4 separates "one half is negligible" from "middle". Path samples (after
+    Karn's rule): at the client, those timed on client-sent data/TSvals plus spin-bit periods
+    (a full RTT anywhere); at the server, server-sent ones; in the middle, each half-sample
+    plus the median of the other half; unknown, all. ``tests/naive.py`` states these rules
+    per flow and ``tests/test_path_rtts.py`` holds this equal to it, bit for bit.
+    """
 
     #: per flow, index into :data:`VANTAGES`
     vantage: npt.NDArray[np.int8]
+    #: per flow, SYN -> SYN/ACK and SYN/ACK -> third ACK in ns, -1 when not seen
+    syn_to_synack_ns: npt.NDArray[np.int64]
+    synack_to_ack_ns: npt.NDArray[np.int64]
     #: samples sorted by flow, in capture order within a flow (ns)
     ts_ns: npt.NDArray[np.int64]
     rtt_ns: npt.NDArray[np.int64]
     #: flow f's samples are [starts[f], starts[f + 1])
     starts: npt.NDArray[np.int64]
+    _summary: dict[str, npt.NDArray[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def vantage_of(self, flow: int) -> str:
         return VANTAGES[int(self.vantage[flow])]
 
     def of(self, flow: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-        """(ts_ns, rtt_ns) of ``flow``, as :func:`path_rtt` returns them."""
+        """(ts_ns, rtt_ns) of ``flow``, in capture order."""
         a, b = int(self.starts[flow]), int(self.starts[flow + 1])
         return self.ts_ns[a:b], self.rtt_ns[a:b]
 
     def summary(self) -> dict[str, npt.NDArray[Any]]:
-        """Per flow, the figures of :func:`summarize_rtt` as arrays: ``rtt_ms_p50``,
-        ``rtt_ms_p95``, ``rtt_ms_min`` (NaN without samples) and ``rtt_samples``."""
+        """Per flow, as arrays: ``rtt_ms_p50``, ``rtt_ms_p95`` (``np.percentile``'s linear
+        method), ``rtt_ms_min`` (NaN without samples) and ``rtt_samples``. Computed once."""
+        if self._summary:
+            return self._summary
         counts = np.diff(self.starts)
         flow = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
         v = _sorted_within(flow, self.rtt_ns).astype(np.float64) / 1e6
         starts = self.starts[:-1]
         mins = np.full(counts.size, np.nan)
         mins[counts > 0] = v[starts[counts > 0]]
-        return {"rtt_ms_p50": segment_percentile(v, starts, counts, 50),
-                "rtt_ms_p95": segment_percentile(v, starts, counts, 95),
-                "rtt_ms_min": mins, "rtt_samples": counts}
+        self._summary.update(rtt_ms_p50=segment_percentile(v, starts, counts, 50),
+                             rtt_ms_p95=segment_percentile(v, starts, counts, 95),
+                             rtt_ms_min=mins, rtt_samples=counts)
+        return self._summary
 
 
 def path_rtts(cols: dict[str, npt.NDArray[np.int64]], series: TimingSeries) -> PathRtts:
@@ -343,8 +289,8 @@ def path_rtts(cols: dict[str, npt.NDArray[np.int64]], series: TimingSeries) -> P
         rtt[mid] += other.astype(np.int64)
     flow, ts, rtt = flow[keep], ts[keep], rtt[keep]
     starts = np.searchsorted(flow, np.arange(nf + 1)).astype(np.int64)
-    return PathRtts(vantage=vantage, ts_ns=np.ascontiguousarray(ts), rtt_ns=np.ascontiguousarray(rtt),
-                    starts=starts)
+    return PathRtts(vantage=vantage, syn_to_synack_ns=s2a, synack_to_ack_ns=a2a,
+                    ts_ns=np.ascontiguousarray(ts), rtt_ns=np.ascontiguousarray(rtt), starts=starts)
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,12 @@ from keepiton_throttle.series import (
     VANTAGE_SERVER,
     VANTAGE_UNKNOWN,
     RttSamples,
-    detect_vantage,
-    path_rtt,
 )
 from keepiton_throttle.sources.capture import CaptureReader, Chunk, read_capture
 
 from .conftest import pcap_bytes
 from .naive import naive_flows
+from .naive_series import detect_vantage, path_rtt
 
 MOD = 2**32
 FIN, SYN, RST, PSH, ACK = 0x01, 0x02, 0x04, 0x08, 0x10

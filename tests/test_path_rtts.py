@@ -1,5 +1,5 @@
 """``series.path_rtts`` (every flow at once) against the per-flow rules it vectorises:
-``detect_vantage``, ``path_rtt`` and ``summarize_rtt`` (the slow, obvious reference)."""
+``detect_vantage``, ``path_rtt`` and ``summarize_rtt`` in ``tests/naive_series.py``."""
 
 from __future__ import annotations
 
@@ -17,17 +17,10 @@ from keepiton_throttle._kernels import (
     SAMPLE_TS_ECHO,
 )
 from keepiton_throttle.flows import analyze_file, flow_records
-from keepiton_throttle.series import (
-    TimingSeries,
-    detect_vantage,
-    handshake_halves,
-    path_rtt,
-    path_rtts,
-    segment_percentile,
-    summarize_rtt,
-)
+from keepiton_throttle.series import TimingSeries, handshake_halves, path_rtts, segment_percentile
 
 from .conftest import REAL, TESTBED, have_corpus, manifest
+from .naive_series import detect_vantage, path_rtt, summarize_rtt
 
 
 def assert_matches_per_flow(cols: dict[str, Any], series: TimingSeries) -> int:

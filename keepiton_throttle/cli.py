@@ -156,7 +156,7 @@ def _cell(key: str, value: Any) -> str:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--sni", "sni_patterns", multiple=True, metavar="PATTERN",
               help="Only flows whose SNI matches this shell-style pattern (e.g. '*.googlevideo.com'); repeatable.")
-@click.option("--json", "as_json", is_flag=True, help="A JSON list of flow objects.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON list of flow objects, one per line.")
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with one row per flow.")
 @click.option("--bin-ms", type=click.FloatRange(min=1.0), default=100.0, show_default=True,
               help="Goodput bin width in milliseconds.")
@@ -171,41 +171,55 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
     payload bytes, bit/s), path RTT p50/p95 in ms (samples valid at the capture's vantage
     point), retransmission rate of the server->client direction and how the flow ended.
     """
-    import fnmatch
+    import numpy as np
 
-    from .flows import analyze_file, flow_records
+    from .flows import FLOW_RECORD_KEYS, analyze_file, iter_flow_records
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv are exclusive")
+    # streamed: each file's records are written as they are made, a block of flows at a time,
+    # so that a capture of millions of flows is never held as dicts (or one JSON string)
+    keys = ("file", *FLOW_RECORD_KEYS)
+    out = click.get_text_stream("stdout")
+    writer = None
+    if as_csv:
+        import csv
+
+        writer = csv.writer(out, lineterminator="\n")
+        list_cols = [keys.index(k) for k in ("alpn", "tls_versions")]
+        writer.writerow(keys)
+    elif as_json:
+        out.write("[")
+    else:
+        click.echo("  ".join(f"{title:<{w}}" for _, title, w in FLOW_COLUMNS))
     failed = False
-    records: list[dict[str, Any]] = []
+    shown = 0
     for path in files:
         got = _read_or_report(path, lambda p: analyze_file(p, bin_ns=int(bin_ms * 1e6)))
         if got is None:
             failed = True
             continue
         table, series = got
-        for rec in flow_records(table, series):
-            if sni_patterns and not (rec["sni"] and any(
-                    fnmatch.fnmatchcase(rec["sni"].lower(), p.lower()) for p in sni_patterns)):
-                continue
-            records.append({"file": path, **rec})
+        rows = None
+        if sni_patterns:
+            rows = np.unique(np.concatenate([table.matching(p) for p in sni_patterns]))
+        for rec in iter_flow_records(table, series, rows=rows):
+            rec = {"file": path, **rec}
+            if writer is not None:
+                row = list(rec.values())
+                for k in list_cols:  # alpn, tls_versions: one cell, ';'-separated
+                    row[k] = ";".join(row[k])
+                writer.writerow(row)
+            elif as_json:
+                out.write(("\n" if shown == 0 else ",\n") + json.dumps(rec))
+            else:
+                click.echo("  ".join(f"{_cell(k, rec[k])[:w]:<{w}}" for k, _, w in FLOW_COLUMNS))
+            shown += 1
     if as_json:
-        click.echo(json.dumps(records, indent=1))
-    elif as_csv:
-        import csv
-
-        keys = list(records[0]) if records else ["file"]
-        w = csv.DictWriter(sys.stdout, fieldnames=keys, lineterminator="\n")
-        w.writeheader()
-        for rec in records:
-            w.writerow({k: (";".join(map(str, v)) if isinstance(v, list) else v) for k, v in rec.items()})
-    else:
-        header = "  ".join(f"{title:<{w}}" for _, title, w in FLOW_COLUMNS)
-        click.echo(header)
-        for rec in records:
-            click.echo("  ".join(f"{_cell(k, rec[k])[:w]:<{w}}" for k, _, w in FLOW_COLUMNS))
-        click.echo(f"{len(records)} flow(s)")
+        out.write("\n]\n" if shown else "]\n")
+    elif writer is None:
+        click.echo(f"{shown} flow(s)")
+    out.flush()
     if failed:
         sys.exit(EXIT_INPUT)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernels as K
-from .packets import format_address
+from .packets import format_addresses
 from .series import VANTAGES, PathRtts, TimingSeries, path_rtts
 from .sources.capture import CaptureReader, Chunk, chunks_of
 
@@ -92,46 +92,78 @@ class FlowTable:
         return self.n
 
     def transport(self, i: int) -> str:
-        return "tcp" if int(self.cols["proto"][i]) == 6 else (
-            "quic" if self.hello[i].quic_version is not None else "udp")
+        return self.transports([i])[0]
 
     def client(self, i: int) -> str:
-        return _endpoint(self.cols["client_hi"][i], self.cols["client_lo"][i],
-                         self.cols["ip_version"][i], self.cols["client_port"][i])
+        return self.endpoints([i], client=True)[0]
 
     def server(self, i: int) -> str:
-        return _endpoint(self.cols["server_hi"][i], self.cols["server_lo"][i],
-                         self.cols["ip_version"][i], self.cols["server_port"][i])
+        return self.endpoints([i], client=False)[0]
 
     def goodput_bps(self, i: int) -> float | None:
-        """Goodput of the flow's main direction (the one that carried more unique bytes), bit/s.
+        """Goodput of the flow's main direction, bit/s (see :meth:`goodputs_bps`)."""
+        v = float(self.goodputs_bps([i])[0])
+        return None if v != v else v
+
+    def end_state(self, i: int) -> str:
+        return self.end_states([i])[0]
+
+    # The vectorised forms: one value per flow of ``rows`` (flow indices), in that order.
+    def _rows(self, rows: Sequence[int] | npt.NDArray[np.int64] | None) -> npt.NDArray[np.int64]:
+        return np.arange(self.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+
+    def transports(self, rows: Sequence[int] | npt.NDArray[np.int64] | None = None) -> list[str]:
+        """``tcp``, ``quic`` (a QUIC Initial was read) or ``udp``."""
+        sel = self._rows(rows)
+        tcp = (self.cols["proto"][sel] == 6).tolist()
+        return ["tcp" if t else ("quic" if self.hello[i].quic_version is not None else "udp")
+                for t, i in zip(tcp, sel.tolist(), strict=True)]
+
+    def endpoints(self, rows: Sequence[int] | npt.NDArray[np.int64] | None = None, *,
+                  client: bool) -> list[str]:
+        """``addr:port`` (IPv6: ``[addr]:port``) of the client or the server."""
+        sel = self._rows(rows)
+        side = "client" if client else "server"
+        c = self.cols
+        v6 = (c["ip_version"][sel] == 6).tolist()
+        addrs = format_addresses(c[f"{side}_hi"][sel], c[f"{side}_lo"][sel], c["ip_version"][sel])
+        ports = c[f"{side}_port"][sel].tolist()
+        return [f"[{a}]:{p}" if six else f"{a}:{p}" for a, p, six in zip(addrs, ports, v6, strict=True)]
+
+    def goodputs_bps(self, rows: Sequence[int] | npt.NDArray[np.int64] | None = None) -> npt.NDArray[np.float64]:
+        """Goodput of each flow's main direction (the one that carried more unique bytes),
+        bit/s; NaN where it is undefined (no unique bytes, or no time between first and last).
 
         Duration: from the first payload packet of the request side (if it spoke first) to the
         last payload packet of the main direction, as seen at the capture point.
         """
-        down = int(self.cols["goodput_down"][i]) >= int(self.cols["goodput_up"][i])
-        main, other = ("down", "up") if down else ("up", "down")
-        nbytes = int(self.cols[f"goodput_{main}"][i])
-        end = int(self.cols[f"last_data_ts_{main}"][i])
-        start = int(self.cols[f"first_data_ts_{main}"][i])
-        o = int(self.cols[f"first_data_ts_{other}"][i])
-        if 0 <= o < start:
-            start = o
-        if nbytes == 0 or end <= start or start < 0:
-            return None
-        return nbytes * 8e9 / (end - start)
-
-    def end_state(self, i: int) -> str:
+        sel = self._rows(rows)
         c = self.cols
-        if int(c["proto"][i]) != 6:
-            return END_OPEN
-        if c["rst_up"][i] or c["rst_down"][i]:
-            return END_RST if c["synack_ts"][i] >= 0 or c["data_packets_down"][i] else END_HANDSHAKE_FAILED
-        if c["syn_ts"][i] >= 0 and c["synack_ts"][i] < 0:
-            return END_HANDSHAKE_FAILED
-        if c["fin_up"][i] or c["fin_down"][i]:
-            return END_FIN
-        return END_OPEN
+        down = c["goodput_down"][sel] >= c["goodput_up"][sel]
+        nbytes = np.where(down, c["goodput_down"][sel], c["goodput_up"][sel])
+        end = np.where(down, c["last_data_ts_down"][sel], c["last_data_ts_up"][sel])
+        start = np.where(down, c["first_data_ts_down"][sel], c["first_data_ts_up"][sel])
+        other = np.where(down, c["first_data_ts_up"][sel], c["first_data_ts_down"][sel])
+        start = np.where((other >= 0) & (other < start), other, start)
+        ok = (nbytes != 0) & (end > start) & (start >= 0)
+        out = np.full(sel.size, np.nan)
+        out[ok] = nbytes[ok] * 8e9 / (end[ok] - start[ok])
+        return out
+
+    def end_states(self, rows: Sequence[int] | npt.NDArray[np.int64] | None = None) -> list[str]:
+        """How each flow ended: ``fin``, ``rst``, ``handshake_failed`` or ``open`` (UDP: always)."""
+        sel = self._rows(rows)
+        c = self.cols
+        tcp = c["proto"][sel] == 6
+        rst = (c["rst_up"][sel] != 0) | (c["rst_down"][sel] != 0)
+        answered = (c["synack_ts"][sel] >= 0) | (c["data_packets_down"][sel] != 0)
+        unanswered_syn = (c["syn_ts"][sel] >= 0) & (c["synack_ts"][sel] < 0)
+        fin = (c["fin_up"][sel] != 0) | (c["fin_down"][sel] != 0)
+        state = np.select(
+            [~tcp, rst & answered, rst, unanswered_syn, fin],
+            [0, 2, 3, 3, 1], default=0)
+        names = (END_OPEN, END_FIN, END_RST, END_HANDSHAKE_FAILED)
+        return [names[k] for k in state.tolist()]
 
     def matching(self, pattern: str) -> npt.NDArray[np.int64]:
         """Indices of flows whose SNI matches a shell-style pattern (``*.googlevideo.com``)."""
@@ -139,11 +171,6 @@ class FlowTable:
         return np.array([i for i, h in enumerate(self.hello)
                          if h.sni is not None and fnmatch.fnmatchcase(h.sni.lower(), pat)],
                         dtype=np.int64)
-
-
-def _endpoint(hi: int, lo: int, version: int, port: int) -> str:
-    addr = format_address(int(hi), int(lo), int(version))
-    return f"[{addr}]:{int(port)}" if int(version) == 6 else f"{addr}:{int(port)}"
 
 
 @dataclass(frozen=True)
@@ -431,71 +458,100 @@ def analyze_file(path: str | os.PathLike[str], **kw: Any) -> tuple[FlowTable, Ti
         return analyze_chunks(chunks_of(reader), **kw)
 
 
-def flow_records(table: FlowTable, series: TimingSeries, *, rows: Sequence[int] | None = None,
+#: the keys of a flow record (``flows --json``/``--csv``, ``batch --out``), in output order
+FLOW_RECORD_KEYS = (
+    "flow", "transport", "client", "server", "role_source", "sni", "alpn", "tls_versions", "ech",
+    "quic_version", "packets_up", "packets_down", "bytes_up", "bytes_down", "goodput_bytes_down",
+    "goodput_bytes_up", "start", "duration_s", "goodput_bps", "handshake_rtt_ms", "vantage",
+    "rtt_ms_p50", "rtt_ms_p95", "rtt_ms_min", "rtt_samples", "retransmissions",
+    "retransmissions_down", "retransmission_rate", "out_of_order", "dup_acks", "sack_loss_events",
+    "zero_window_s", "rwnd_limited_s", "end_state",
+)
+
+#: flows per block of :func:`iter_flow_records` (a block's dicts take ~3 MB)
+RECORD_BLOCK = 4096
+
+
+def _rounded(v: npt.NDArray[Any], digits: int) -> list[float | None]:
+    """Values rounded to ``digits`` decimals, None where NaN."""
+    return [None if x != x else x for x in np.round(np.asarray(v, dtype=np.float64), digits).tolist()]
+
+
+def flow_records(table: FlowTable, series: TimingSeries, *,
+                 rows: Sequence[int] | npt.NDArray[np.int64] | None = None,
                  paths: PathRtts | None = None) -> list[dict[str, Any]]:
-    """Per-flow dicts with the keys of ``throttle-check flows --json`` (units in the names).
+    """Per-flow dicts with the keys of ``throttle-check flows --json`` (:data:`FLOW_RECORD_KEYS`;
+    units in the names: bytes, s since the epoch, s, bit/s, ms). Times and RTTs are rounded to
+    the ns, goodput to 0.001 bit/s; None where a value does not exist (no samples, no payload).
 
     ``paths``: the table's :func:`~keepiton_throttle.series.path_rtts`, when the caller has
     them already (they are computed for every flow at once, in a few vectorised passes).
+    Every column is computed for all asked rows at once; only the dicts are built per flow.
     """
     c = table.cols
     if paths is None:
         paths = path_rtts(c, series)
     # the columns are read for the asked rows only, as lists (record k is flow sel[k])
     sel = np.arange(table.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
-    rtt = {k: v[sel].tolist() for k, v in paths.summary().items()}
+    summ = paths.summary()
+    n_rtt = summ["rtt_samples"][sel]
+    # ms rounded to the ns: percentiles interpolate below it, and the capture's clock has no more
+    rtt = {k: _rounded(summ[k][sel], 6) for k in ("rtt_ms_p50", "rtt_ms_p95", "rtt_ms_min")}
     s2a, a2a = paths.syn_to_synack_ns[sel], paths.synack_to_ack_ns[sel]
     qsr = c["quic_server_reply_ts"][sel]
-    hs = np.where((s2a >= 0) & (a2a >= 0), s2a + a2a,
-                  np.where(qsr >= 0, qsr - c["quic_client_initial_ts"][sel], -1)).tolist()
-    names = ("packets_up", "packets_down", "bytes_up", "bytes_down", "goodput_down", "goodput_up",
-             "first_ts", "last_ts", "data_packets_down", "role_source")
-    col = {k: c[k][sel].tolist() for k in names}
-    both = {k: (c[f"{k}_up"][sel] + c[f"{k}_down"][sel]).tolist()
-            for k in ("retransmissions", "out_of_order", "dup_acks", "sack_loss_events")}
-    retx_down = c["retransmissions_down"][sel].tolist()
-    zw_up = c["zero_window_ns_up"][sel].tolist()
-    rwl_down = c["rwnd_limited_ns_down"][sel].tolist()
-    vantage = paths.vantage[sel].tolist()
-    out = []
-    for k, i in enumerate(sel.tolist()):
-        h = table.hello[i]
-        pk_down = col["data_packets_down"][k]
-        p50 = rtt["rtt_ms_p50"][k]
-        out.append({
-            "flow": i,
-            "transport": table.transport(i),
-            "client": table.client(i),
-            "server": table.server(i),
-            "role_source": ROLE_SOURCES[col["role_source"][k]],
-            "sni": h.sni,
-            "alpn": list(h.alpn),
-            "tls_versions": [f"0x{v:04x}" for v in h.tls_versions],
-            "ech": h.ech,
-            "quic_version": None if h.quic_version is None else f"0x{h.quic_version:08x}",
-            "packets_up": col["packets_up"][k],
-            "packets_down": col["packets_down"][k],
-            "bytes_up": col["bytes_up"][k],
-            "bytes_down": col["bytes_down"][k],
-            "goodput_bytes_down": col["goodput_down"][k],
-            "goodput_bytes_up": col["goodput_up"][k],
-            "start": col["first_ts"][k] / 1e9,
-            "duration_s": (col["last_ts"][k] - col["first_ts"][k]) / 1e9,
-            "goodput_bps": table.goodput_bps(i),
-            "handshake_rtt_ms": None if hs[k] < 0 else hs[k] / 1e6,
-            "vantage": VANTAGES[vantage[k]],
-            "rtt_ms_p50": None if p50 != p50 else p50,  # NaN: no samples
-            "rtt_ms_p95": None if p50 != p50 else rtt["rtt_ms_p95"][k],
-            "rtt_ms_min": None if p50 != p50 else rtt["rtt_ms_min"][k],
-            "rtt_samples": rtt["rtt_samples"][k],
-            "retransmissions": both["retransmissions"][k],
-            "retransmissions_down": retx_down[k],
-            "retransmission_rate": retx_down[k] / pk_down if pk_down else 0.0,
-            "out_of_order": both["out_of_order"][k],
-            "dup_acks": both["dup_acks"][k],
-            "sack_loss_events": both["sack_loss_events"][k],
-            "zero_window_s": zw_up[k] / 1e9,
-            "rwnd_limited_s": rwl_down[k] / 1e9,
-            "end_state": table.end_state(i),
-        })
-    return out
+    hs_ns = np.where((s2a >= 0) & (a2a >= 0), s2a + a2a,
+                     np.where(qsr >= 0, qsr - c["quic_client_initial_ts"][sel], -1))
+    hs = _rounded(np.where(hs_ns >= 0, hs_ns / 1e6, np.nan), 6)
+    first, last = c["first_ts"][sel], c["last_ts"][sel]
+    pk_down = c["data_packets_down"][sel]
+    retx_down = c["retransmissions_down"][sel]
+    rate = np.divide(retx_down, pk_down, out=np.zeros(sel.size), where=pk_down > 0)
+    cols: dict[str, list[Any]] = {
+        "flow": sel.tolist(),
+        "transport": table.transports(sel),
+        "client": table.endpoints(sel, client=True),
+        "server": table.endpoints(sel, client=False),
+        "role_source": [ROLE_SOURCES[k] for k in c["role_source"][sel].tolist()],
+        "packets_up": c["packets_up"][sel].tolist(),
+        "packets_down": c["packets_down"][sel].tolist(),
+        "bytes_up": c["bytes_up"][sel].tolist(),
+        "bytes_down": c["bytes_down"][sel].tolist(),
+        "goodput_bytes_down": c["goodput_down"][sel].tolist(),
+        "goodput_bytes_up": c["goodput_up"][sel].tolist(),
+        "start": np.round(first / 1e9, 9).tolist(),
+        "duration_s": np.round((last - first) / 1e9, 9).tolist(),
+        "goodput_bps": _rounded(table.goodputs_bps(sel), 3),
+        "handshake_rtt_ms": hs,
+        "vantage": [VANTAGES[k] for k in paths.vantage[sel].tolist()],
+        **rtt,
+        "rtt_samples": n_rtt.tolist(),
+        "retransmissions_down": retx_down.tolist(),
+        "retransmission_rate": rate.tolist(),
+        "zero_window_s": np.round(c["zero_window_ns_up"][sel] / 1e9, 9).tolist(),
+        "rwnd_limited_s": np.round(c["rwnd_limited_ns_down"][sel] / 1e9, 9).tolist(),
+        "end_state": table.end_states(sel),
+    }
+    for k in ("retransmissions", "out_of_order", "dup_acks", "sack_loss_events"):
+        cols[k] = (c[f"{k}_up"][sel] + c[f"{k}_down"][sel]).tolist()
+    hello = [table.hello[i] for i in cols["flow"]]
+    cols["sni"] = [h.sni for h in hello]
+    cols["alpn"] = [list(h.alpn) for h in hello]
+    cols["tls_versions"] = [[f"0x{v:04x}" for v in h.tls_versions] for h in hello]
+    cols["ech"] = [h.ech for h in hello]
+    cols["quic_version"] = [None if h.quic_version is None else f"0x{h.quic_version:08x}"
+                            for h in hello]
+    ordered = [cols[k] for k in FLOW_RECORD_KEYS]
+    return [dict(zip(FLOW_RECORD_KEYS, vals, strict=True)) for vals in zip(*ordered, strict=True)]
+
+
+def iter_flow_records(table: FlowTable, series: TimingSeries, *,
+                      rows: Sequence[int] | npt.NDArray[np.int64] | None = None,
+                      paths: PathRtts | None = None,
+                      block: int = RECORD_BLOCK) -> Iterator[dict[str, Any]]:
+    """:func:`flow_records`, ``block`` flows at a time: memory for a block of dicts, not for
+    every flow of a capture (what ``flows`` prints from)."""
+    if paths is None:
+        paths = path_rtts(table.cols, series)
+    sel = np.arange(table.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    for k in range(0, sel.size, block):
+        yield from flow_records(table, series, rows=sel[k: k + block], paths=paths)

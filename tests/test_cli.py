@@ -7,11 +7,13 @@ import io
 import json
 import subprocess
 import sys
+from typing import Any
 
 from click.testing import CliRunner
 
 from keepiton_throttle import __version__
 from keepiton_throttle.cli import main
+from keepiton_throttle.flows import FLOW_RECORD_KEYS
 
 from .conftest import REAL, TESTBED, requires_corpus
 
@@ -52,3 +54,44 @@ def test_flows_csv_and_table() -> None:
     res = runner.invoke(main, ["flows", str(REAL / "ndpi__quic-v2.pcapng")])
     assert res.exit_code == 0 and "quic" in res.stdout and "1 flow(s)" in res.stdout
     assert runner.invoke(main, ["flows", "--json", "--csv", str(REAL / "ndpi__quic-v2.pcapng")]).exit_code == 2
+
+
+@requires_corpus
+def test_flows_output_is_streamed_and_survives_a_bad_file(tmp_path: Any) -> None:
+    """Several files, one unreadable in the middle: JSON stays one valid list (one flow object
+    a line), CSV one header, both with every record key; the bad file is one line on stderr and
+    exit status 2. An empty selection still gives valid, complete output."""
+    good = [str(REAL / "zeek__tls13-ech.pcap"), str(REAL / "ndpi__quic-v2.pcapng")]
+    bad = tmp_path / "broken.pcap"
+    bad.write_bytes(b"\xd4\xc3\xb2\xa1" + b"\x00" * 7)  # a pcap header cut short
+    files = [good[0], str(bad), good[1]]
+    keys = ["file", *FLOW_RECORD_KEYS]
+    res = CliRunner().invoke(main, ["flows", "--json", *files])
+    assert res.exit_code == 2 and res.stderr.count("\n") == 1 and "broken.pcap" in res.stderr
+    recs = json.loads(res.stdout)
+    assert [r["file"] for r in recs] == [good[0]] * 3 + [good[1]]
+    assert all(list(r) == keys for r in recs)
+    assert res.stdout.count("\n") == len(recs) + 2  # "[", one line per flow, "]"
+    res = CliRunner().invoke(main, ["flows", "--csv", *files])
+    rows = list(csv.reader(io.StringIO(res.stdout)))
+    assert res.exit_code == 2 and rows[0] == keys and len(rows) == 5
+    for fmt in ("--json", "--csv"):
+        res = CliRunner().invoke(main, ["flows", fmt, "--sni", "*.nowhere.example", *good])
+        assert res.exit_code == 0
+        if fmt == "--json":
+            assert json.loads(res.stdout) == []
+        else:
+            assert list(csv.reader(io.StringIO(res.stdout))) == [keys]
+
+
+@requires_corpus
+def test_flows_sni_patterns_select_the_flows_they_match() -> None:
+    """Each --sni pattern adds the flows it matches (case-insensitive), in flow order."""
+    path = str(REAL / "zeek__tls13-ech.pcap")
+    res = CliRunner().invoke(main, ["flows", "--json", path])
+    every = json.loads(res.stdout)
+    named = [r for r in every if r["sni"]]
+    assert named and len(named) < len(every)
+    for pats in (["CLOUDFLARE-*"], ["*ech.com", "cloudflare*"]):
+        res = CliRunner().invoke(main, ["flows", "--json", *[a for p in pats for a in ("--sni", p)], path])
+        assert json.loads(res.stdout) == named

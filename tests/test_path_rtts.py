@@ -134,8 +134,10 @@ def test_flow_records_use_the_path_rtts(tmp_path: Any) -> None:
         assert rec["vantage"] == paths.vantage_of(f)
         assert rec["rtt_samples"] == rtt.size
         if rtt.size:
-            assert rec["rtt_ms_p50"] == float(np.percentile(rtt / 1e6, 50))
-            assert rec["rtt_ms_min"] == float(rtt.min() / 1e6)
+            # reported to the ns (6 decimals of ms)
+            assert rec["rtt_ms_p50"] == round(float(np.percentile(rtt / 1e6, 50)), 6)
+            assert rec["rtt_ms_p95"] == round(float(np.percentile(rtt / 1e6, 95)), 6)
+            assert rec["rtt_ms_min"] == round(float(rtt.min() / 1e6), 6)
         else:
             assert rec["rtt_ms_p50"] is None and rec["rtt_ms_p95"] is None
     assert any(r["rtt_samples"] for r in recs)

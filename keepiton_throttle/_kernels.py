@@ -7,8 +7,12 @@ direction, and emits RTT samples and per-bin goodput as it goes.
 
 State layout: ``S[flow, field]`` (int64) with the field indices below; per-direction fields come
 in pairs (``X + d`` for direction ``d``; direction 0 is endpoint A -> B, where A is the source of
-the flow's first packet). ``R[flow, ...]`` is a ring of outstanding data segments per direction
-for data->ACK RTT matching; ``A[flow, :]`` the endpoints (A hi, A lo, B hi, B lo). Flow-major:
+the flow's first packet). ``R[A[flow, A_RING] - 1, ...]`` is a ring of outstanding data segments per
+direction for data->ACK RTT matching, handed out from a pool when a TCP flow first sends a
+segment that occupies sequence space and given back when the flow has closed with nothing
+outstanding, or another connection took over its 5-tuple (UDP, SYN-only and finished flows
+hold none: a capture's rings are about its open TCP connections, 2 KiB each, not all its
+flows); ``A[flow, :]`` the endpoints (A hi, A lo, B hi, B lo). Flow-major:
 a packet's updates fall in a few adjacent cache lines of its flow's row (field-major, every field
 of a flow sat in a page of its own, and the kernel was 2.4x slower).
 
@@ -96,6 +100,12 @@ D_ACK_TS = _D + 90  # time of d's last ACK
 D_TS_PREV = _D + 92  # TSval of d's previous segment, -1 none: a TSval is timed from its first one
 N_FIELDS = _D + 94
 
+#: ``A[flow, A_RING]``: the flow's row of R (its rings) + 1, 0 none (see _ring_take). In A, whose
+#: row the hash probe has just read, so that finding the ring costs no cache miss of its own
+#: (as a field of S it cost ~8 % of this kernel's time: a miss before the ring's own)
+A_RING = 4
+N_A = 5
+
 ROLE_FIRST = 0  # the source of the first packet is taken for the client
 ROLE_PORT = 1  # the lower (well-known) port is the server
 ROLE_QUIC = 2  # sender of QUIC long-header Initial packets
@@ -113,6 +123,7 @@ _AMBIG = np.int64(1) << 62
 
 STOP_DONE = 0
 STOP_FLOWS_FULL = 1
+STOP_RINGS_FULL = 2
 
 CLASS_NEW = 0
 CLASS_RETX = 1
@@ -185,11 +196,9 @@ def rehash(H, A, S, n_flows):
 
 
 @inline_kernel
-def _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, ipv, encap, ts):
+def _new_flow(S, A, f, shi, slo, dhi, dlo, sp, dp, proto, ipv, encap, ts):
     for k in range(S.shape[1]):
         S[f, k] = 0
-    for k in range(R.shape[1]):
-        R[f, k] = 0
     A[f, 0] = shi
     A[f, 1] = slo
     A[f, 2] = dhi
@@ -202,6 +211,7 @@ def _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, ipv, encap, ts):
     S[f, F_LAST_TS] = ts
     S[f, F_ENCAP] = encap
     S[f, F_PREV] = -1
+    A[f, A_RING] = 0
     for k in (F_SYN_TS, F_SYNACK_TS, F_HSACK_TS, F_QUIC_CI_TS, F_QUIC_SR_TS, F_SYN_SEQ):
         S[f, k] = -1
     for d in range(2):
@@ -278,13 +288,46 @@ def _bin_add(S, f, d, ts, bin_ns, good, pay, retx, bins, nb):
 
 
 @inline_kernel
-def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
+def _ring_take(A, f, pool, n_rows):
+    """Hand flow ``f`` (which holds none) a row of R for its rings. ``pool[0]``: rows handed
+    out so far; ``pool[1]``: rows given back, whose indices are ``pool[2:2 + pool[1]]``.
+    The pool is never empty on entry to :func:`flow_pass`, and a pass stops after the row that
+    took the last one (STOP_RINGS_FULL): a row takes at most one. Returns True when none is left.
+    """
+    nfree = pool[1]
+    if nfree > 0:
+        nfree -= 1
+        A[f, A_RING] = np.uint64(pool[2 + nfree] + 1)
+        pool[1] = nfree
+    else:
+        A[f, A_RING] = np.uint64(pool[0] + 1)
+        pool[0] += 1
+    return nfree == 0 and pool[0] >= n_rows
+
+
+@inline_kernel
+def _ring_free(A, S, f, pool):
+    """Give flow ``f``'s rings back to the pool (it will time no more segments). Empty rings:
+    a later segment of the flow gets a fresh row, which is the same as keeping this one."""
+    g = np.int64(A[f, A_RING]) - 1
+    if g >= 0:
+        pool[2 + pool[1]] = g
+        pool[1] += 1
+        A[f, A_RING] = 0
+        for d in range(2):
+            S[f, D_RING_HEAD + d] = 0
+            S[f, D_RING_N + d] = 0
+
+
+@inline_kernel
+def _ring_retransmit(R, A, S, f, d, ring, rel, end, ts):
     """Mark outstanding segments overlapping a retransmitted range [rel, end) as ambiguous.
 
     When no outstanding segment ends where the retransmission ends (it was re-segmented), the
     retransmission itself is inserted, ambiguous, so that the ACK that covers it still yields an
-    (ambiguous) sample, as tshark's ack_rtt does.
+    (ambiguous) sample, as tshark's ack_rtt does. The flow holds a ring (``A_RING``).
     """
+    g = np.int64(A[f, A_RING]) - 1
     base_i = d * 2 * ring
     h = S[f, D_RING_HEAD + d]
     cnt = S[f, D_RING_N + d]
@@ -292,9 +335,9 @@ def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
     pos = cnt  # insertion index (entries are sorted by end)
     for k in range(cnt):
         j = (h + k) % ring
-        e = R[f, base_i + 2 * j]
+        e = R[g, base_i + 2 * j]
         if e > rel and e <= end:
-            R[f, base_i + 2 * j + 1] = R[f, base_i + 2 * j + 1] | _AMBIG
+            R[g, base_i + 2 * j + 1] = R[g, base_i + 2 * j + 1] | _AMBIG
         if e == end:
             exact = True
         if e > end and pos == cnt:
@@ -313,12 +356,12 @@ def _ring_retransmit(R, S, f, d, ring, rel, end, ts):
     while k > pos:  # shift the later entries up by one
         j = (h + k) % ring
         jp = (h + k - 1) % ring
-        R[f, base_i + 2 * j] = R[f, base_i + 2 * jp]
-        R[f, base_i + 2 * j + 1] = R[f, base_i + 2 * jp + 1]
+        R[g, base_i + 2 * j] = R[g, base_i + 2 * jp]
+        R[g, base_i + 2 * j + 1] = R[g, base_i + 2 * jp + 1]
         k -= 1
     j = (h + pos) % ring
-    R[f, base_i + 2 * j] = end
-    R[f, base_i + 2 * j + 1] = ts | _AMBIG
+    R[g, base_i + 2 * j] = end
+    R[g, base_i + 2 * j + 1] = ts | _AMBIG
     S[f, D_RING_N + d] = cnt + 1
 
 
@@ -369,7 +412,7 @@ def _emit_rtt(rtt, nr, f, ts, value, kind, d, S, lim):
 
 @flat_kernel
 def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
-              H, A, S, R, n_flows, ring,
+              H, A, S, R, pool, n_flows, ring,
               out_flow, out_dir, out_good, out_class, rtt, bins, snips, nr0, nb0, ns0, rtt_lim):
     """Analyse rows ``row0..n-1`` of a packet-table chunk (blocks as in packets.py, at least
     ``n`` columns wide: the reader's whole output blocks, read in place).
@@ -382,7 +425,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
     row; row 1: TCP, the payload's byte offset in its direction's stream, else -1).
 
     Returns (next row, n_flows, nr, nb, ns, stop): STOP_FLOWS_FULL asks the caller to grow the
-    flow arrays (and hash table) and call again from the returned row.
+    flow arrays (and hash table) and call again from the returned row (nothing of it was done
+    yet); STOP_RINGS_FULL, after a row took the pool's last ring, to grow it (``R`` and
+    ``pool``, see :func:`_ring_take`) and go on from the returned row.
     """
     cap = S.shape[0]
     nr = nr0
@@ -394,6 +439,7 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
     nslot = np.uint64(0)
     nh = np.int64(0)
     ahead = False
+    rings_full = False
     for r in range(row0, n):
         ri = np.uint64(r)  # unsigned: Numba skips its negative-index wrap (see decode.py)
         slot0, h0, have = nslot, nh, ahead
@@ -437,8 +483,10 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 return r, n_flows, nr, nb, ns, STOP_FLOWS_FULL
             f = n_flows
             n_flows += 1
-            _new_flow(S, A, R, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, ri]), np.int64(u8[7, ri]), ts)
+            _new_flow(S, A, f, shi, slo, dhi, dlo, sp, dp, proto, np.int64(u8[0, ri]), np.int64(u8[7, ri]), ts)
             S[f, F_PREV] = prev
+            if prev >= 0:
+                _ring_free(A, S, prev, pool)  # the hash table now leads to f: prev gets no more packets
             H[slot] = f + 1
             if ahead:
                 nh = np.int64(H[nslot])  # the next row may hash to this very slot
@@ -569,7 +617,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                     retx = 1
                     out_class[ri] = CLASS_RETX
                 # Karn (RFC 6298 sec 3): a segment sent more than once gives only ambiguous samples
-                _ring_retransmit(R, S, f, d, ring, rel, end, ts)
+                if A[f, A_RING] == 0:
+                    rings_full = _ring_take(A, f, pool, R.shape[0])
+                _ring_retransmit(R, A, S, f, d, ring, rel, end, ts)
                 if end > mx:
                     good = end - mx
                     S[f, D_MAX_END + d] = end
@@ -579,6 +629,9 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                 S[f, D_MAX_END + d] = end
                 S[f, D_MAX_TS + d] = ts
                 if seglen > 0:  # SYN and FIN are acknowledged like data (RFC 9293 sec 3.4)
+                    if A[f, A_RING] == 0:
+                        rings_full = _ring_take(A, f, pool, R.shape[0])
+                    g = np.int64(A[f, A_RING]) - 1
                     base_i = d * 2 * ring
                     h = S[f, D_RING_HEAD + d]
                     cnt = S[f, D_RING_N + d]
@@ -587,8 +640,8 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
                         cnt -= 1
                         S[f, D_RING_HEAD + d] = h
                     j = (h + cnt) % ring
-                    R[f, base_i + 2 * j] = end
-                    R[f, base_i + 2 * j + 1] = ts
+                    R[g, base_i + 2 * j] = end
+                    R[g, base_i + 2 * j + 1] = ts
                     S[f, D_RING_N + d] = cnt + 1
             if good > 0:
                 if syn:
@@ -605,12 +658,13 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
             base_o = o * 2 * ring
             h = S[f, D_RING_HEAD + o]
             cnt = S[f, D_RING_N + o]
+            g = np.int64(A[f, A_RING]) - 1  # a ring is held whenever cnt > 0
             while cnt > 0:
-                e = R[f, base_o + 2 * h]
+                e = R[g, base_o + 2 * h]
                 if e > ack_rel:
                     break
                 if e == ack_rel:
-                    sent = R[f, base_o + 2 * h + 1]
+                    sent = R[g, base_o + 2 * h + 1]
                     if sent & _AMBIG:
                         nr = _emit_rtt(rtt, nr, f, ts, ts - (sent ^ _AMBIG), SAMPLE_DATA_ACK_AMBIGUOUS, o, S, rtt_lim)
                     else:
@@ -693,7 +747,11 @@ def flow_pass(i64, u64, u32, u16, u8, n, row0, bin_ns, ooo_ns, snip_max,
             S[f, D_RST + d] = 1
         if rst or (S[f, D_FIN] == 1 and S[f, D_FIN + 1] == 1):
             S[f, F_CLOSED] = 1
+        if S[f, F_CLOSED] == 1 and S[f, D_RING_N] == 0 and S[f, D_RING_N + 1] == 0:
+            _ring_free(A, S, f, pool)  # nothing left to time: the row serves the next connection
         nb = _bin_add(S, f, d, ts, bin_ns, good, plen, retx, bins, nb)
+        if rings_full:
+            return r + 1, n_flows, nr, nb, ns, STOP_RINGS_FULL
     return n, n_flows, nr, nb, ns, STOP_DONE
 
 

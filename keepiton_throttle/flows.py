@@ -46,7 +46,8 @@ DEFAULT_MAX_RTT_SAMPLES = 10_000
 #: RTT samples kept in full per capture; beyond, every k-th (about 40 MB for the budget)
 DEFAULT_RTT_BUDGET = 1_000_000
 #: outstanding data segments remembered per direction for data -> ACK RTT samples; fewer than
-#: a window's worth biases the samples towards small-window phases (64: ~2 KiB per flow)
+#: a window's worth biases the samples towards small-window phases (64: ~2 KiB per open TCP
+#: connection: rings are pooled, see ``_kernels._ring_take``)
 DEFAULT_RING = 64
 
 END_OPEN = "open"
@@ -230,10 +231,14 @@ class FlowBuilder:
         self.snip_max = int(snip_max)
         self.ring = int(ring)
         cap = max(int(initial_flows), 16)
-        self._S = np.zeros((cap, K.N_FIELDS), dtype=np.int64)  # flow-major, as _A and _R
-        self._A = np.zeros((cap, 4), dtype=np.uint64)
-        self._R = np.zeros((cap, 4 * self.ring), dtype=np.int64)
+        self._S = np.zeros((cap, K.N_FIELDS), dtype=np.int64)  # flow-major, as _A
+        self._A = np.zeros((cap, K.N_A), dtype=np.uint64)
         self._H = np.zeros(4 * cap, dtype=np.int64)
+        # rings of outstanding segments, a pool of rows handed out to TCP flows while they need
+        # one (see _kernels._ring_take): ``_pool`` = [handed out, given back, their rows...]
+        rings = max(cap // 4, 16)
+        self._R = np.zeros((rings, 4 * self.ring), dtype=np.int64)
+        self._pool = np.zeros(rings + 2, dtype=np.int64)
         self.n_flows = 0
         # RTT samples, kept compact until finish(): (flow int32, ts, rtt, kind int8, dir int8,
         # rank in flow int32), thinned in the kernel (see _kernels._emit_rtt)
@@ -251,9 +256,18 @@ class FlowBuilder:
         self.packets = 0
         self._finished = False
 
+    def _grow_rings(self) -> None:
+        rings = self._R.shape[0] * 2
+        R = np.zeros((rings, self._R.shape[1]), dtype=np.int64)
+        R[: self._R.shape[0]] = self._R
+        pool = np.zeros(rings + 2, dtype=np.int64)
+        used = 2 + int(self._pool[1])
+        pool[:used] = self._pool[:used]
+        self._R, self._pool = R, pool
+
     def _grow(self) -> None:
         cap = self._S.shape[0] * 2
-        for name in ("_S", "_A", "_R"):
+        for name in ("_S", "_A"):
             old = getattr(self, name)
             new = np.zeros((cap, old.shape[1]), dtype=old.dtype)
             new[: old.shape[0]] = old
@@ -279,11 +293,14 @@ class FlowBuilder:
             row, self.n_flows, nr, nb, ns, stop = K.flow_pass(
                 i64, u64, u32, u16, u8, n, row,
                 self.bin_ns, self.ooo_ns, self.snip_max,
-                self._H, self._A, self._S, self._R, self.n_flows, self.ring,
+                self._H, self._A, self._S, self._R, self._pool, self.n_flows, self.ring,
                 out_flow, out_dir, out_good, out_class, rtt, bins, snips, nr, nb, ns, self._rtt_lim)
             if stop == K.STOP_DONE:
                 break
-            self._grow()
+            if stop == K.STOP_RINGS_FULL:
+                self._grow_rings()
+            else:
+                self._grow()
         self.packets += n
         if nr:
             k = rtt[:, :nr]

@@ -42,7 +42,7 @@ from keepiton_throttle.series import (
     VANTAGE_UNKNOWN,
     RttSamples,
 )
-from keepiton_throttle.sources.capture import CaptureReader, Chunk, read_capture
+from keepiton_throttle.sources.capture import CaptureReader, Chunk, chunks_of, read_capture
 
 from .conftest import pcap_bytes
 from .naive import naive_flows
@@ -736,6 +736,59 @@ def test_many_flows_grow_the_tables_and_keep_port_reuse(scratch: Path) -> None:
     assert [int(x) for x in table.prev_flow] == [-1] * 20 + list(range(20))
     assert [int(x) for x in table.payload_up] == [100 + k for k in range(20)] * 2
     assert [int(x) for x in table.packets_down] == [2] * 20 + [1] * 20
+
+
+def _conn(k: int, t: int, *, close: bool, isn: int = 1000, data: int = 3) -> list[Pkt]:
+    """Connection k (client port 2000 + k): handshake, ``data`` segments each ACKed, maybe FINs."""
+    sp = 2000 + k
+    up = [replace(seg(t, True, isn, flags=SYN), sport=sp),
+          replace(seg(t + 1 * MS, False, 9, isn + 1, SYN | ACK), dport=sp),
+          replace(seg(t + 2 * MS, True, isn + 1, 10), sport=sp)]
+    nxt = isn + 1
+    for i in range(data):
+        up += [replace(seg(t + (3 + 2 * i) * MS, True, nxt, 10, plen=100), sport=sp),
+               replace(seg(t + (4 + 2 * i) * MS, False, 10, nxt + 100), dport=sp)]
+        nxt += 100
+    if close:
+        tc = t + (3 + 2 * data) * MS
+        up += [replace(seg(tc, True, nxt, 10, FIN | ACK), sport=sp),
+               replace(seg(tc + 1 * MS, False, 10, nxt + 1, FIN | ACK), dport=sp),
+               replace(seg(tc + 2 * MS, True, nxt + 1, 11), sport=sp)]
+    return up
+
+
+def _rings_handed_out(path: Path) -> int:
+    b = FlowBuilder(initial_flows=16)
+    for chunk in chunks_of(CaptureReader(path)):
+        b.add(chunk)
+    return int(b._pool[0])
+
+
+def test_ring_pool_grows_while_connections_are_open(scratch: Path) -> None:
+    """60 TCP connections open at once, their segments interleaved: the kernel starts with 16
+    rings (STOP_RINGS_FULL, then more, twice) and every flow still times its segments."""
+    pkts = sorted((p for k in range(60) for p in _conn(k, k * 10 * US, close=False)),
+                  key=lambda p: p.t)
+    table, series = analyse(scratch, pkts)
+    assert table.n == 60 and _rings_handed_out(scratch) == 60
+    assert [len(series.rtt(f)) for f in range(60)] == [5] * 60  # SYN, SYN/ACK, 3 data
+
+
+def test_closed_connections_give_their_rings_back(scratch: Path) -> None:
+    """A closed connection with nothing outstanding returns its ring: 200 one-after-another
+    connections use one (a FIN retransmitted after the close takes it for its row only); a new
+    connection on a reused 5-tuple frees the old one's, outstanding segments and all."""
+    pkts = [p for k in range(200) for p in _conn(k, k * 20 * MS, close=True)]
+    late = replace(seg(5000 * MS, True, 1301, 11, FIN | ACK), sport=2000)  # FIN again
+    pkts += [late, replace(seg(5001 * MS, False, 11, 1302), dport=2000)]
+    table, series = analyse(scratch, pkts)
+    assert table.n == 200 and _rings_handed_out(scratch) == 1
+    assert [len(series.rtt(f)) for f in range(200)] == [7] * 200  # SYN, SYN/ACK, 3 data, 2 FINs
+    assert int(table.retransmissions_up[0]) == 1
+    # open, then the same 5-tuple opened again with another ISN while data is outstanding
+    reuse = _conn(0, 0, close=False)[:-1] + _conn(0, 100 * MS, close=False, isn=9000)
+    table, _ = analyse(scratch, reuse)
+    assert table.n == 2 and _rings_handed_out(scratch) == 1
 
 
 def test_empty_capture(scratch: Path) -> None:

@@ -475,15 +475,23 @@ def analyze_file(path: str | os.PathLike[str], **kw: Any) -> tuple[FlowTable, Ti
         return analyze_chunks(chunks_of(reader), **kw)
 
 
-#: the keys of a flow record (``flows --json``/``--csv``, ``batch --out``), in output order
-FLOW_RECORD_KEYS = (
-    "flow", "transport", "client", "server", "role_source", "sni", "alpn", "tls_versions", "ech",
-    "quic_version", "packets_up", "packets_down", "bytes_up", "bytes_down", "goodput_bytes_down",
-    "goodput_bytes_up", "start", "duration_s", "goodput_bps", "handshake_rtt_ms", "vantage",
-    "rtt_ms_p50", "rtt_ms_p95", "rtt_ms_min", "rtt_samples", "retransmissions",
-    "retransmissions_down", "retransmission_rate", "out_of_order", "dup_acks", "sack_loss_events",
-    "zero_window_s", "rwnd_limited_s", "end_state",
-)
+#: the keys of a flow record (``flows --json``/``--csv``, ``analyze --out``), in output order,
+#: with their types (Arrow's names: ``flows.parquet``); every one but ``flow``, the counts and
+#: ``ech`` may be None
+FLOW_RECORD_TYPES: dict[str, str] = {
+    "flow": "int64", "transport": "string", "client": "string", "server": "string",
+    "role_source": "string", "sni": "string", "alpn": "list<string>",
+    "tls_versions": "list<string>", "ech": "bool_", "quic_version": "string",
+    "packets_up": "int64", "packets_down": "int64", "bytes_up": "int64", "bytes_down": "int64",
+    "goodput_bytes_down": "int64", "goodput_bytes_up": "int64", "start": "float64",
+    "duration_s": "float64", "goodput_bps": "float64", "handshake_rtt_ms": "float64",
+    "vantage": "string", "rtt_ms_p50": "float64", "rtt_ms_p95": "float64",
+    "rtt_ms_min": "float64", "rtt_samples": "int64", "retransmissions": "int64",
+    "retransmissions_down": "int64", "retransmission_rate": "float64", "out_of_order": "int64",
+    "dup_acks": "int64", "sack_loss_events": "int64", "zero_window_s": "float64",
+    "rwnd_limited_s": "float64", "end_state": "string",
+}
+FLOW_RECORD_KEYS = tuple(FLOW_RECORD_TYPES)
 
 #: flows per block of :func:`iter_flow_records` (a block's dicts take ~3 MB)
 RECORD_BLOCK = 4096
@@ -503,8 +511,19 @@ def flow_records(table: FlowTable, series: TimingSeries, *,
 
     ``paths``: the table's :func:`~keepiton_throttle.series.path_rtts`, when the caller has
     them already (they are computed for every flow at once, in a few vectorised passes).
-    Every column is computed for all asked rows at once; only the dicts are built per flow.
     """
+    cols = flow_columns(table, series, rows=rows, paths=paths)
+    ordered = [cols[k] for k in FLOW_RECORD_KEYS]
+    return [dict(zip(FLOW_RECORD_KEYS, vals, strict=True)) for vals in zip(*ordered, strict=True)]
+
+
+def flow_columns(table: FlowTable, series: TimingSeries, *,
+                 rows: Sequence[int] | npt.NDArray[np.int64] | None = None,
+                 paths: PathRtts | None = None) -> dict[str, list[Any]]:
+    """:func:`flow_records` as columns: key -> one Python value per asked flow, in
+    :data:`FLOW_RECORD_KEYS` order (what ``analyze --out`` stores and writes: a fraction of the
+    memory and pickle time of one dict per flow). Every column is computed for all asked flows
+    at once."""
     c = table.cols
     if paths is None:
         paths = path_rtts(c, series)
@@ -557,8 +576,7 @@ def flow_records(table: FlowTable, series: TimingSeries, *,
     cols["ech"] = [h.ech for h in hello]
     cols["quic_version"] = [None if h.quic_version is None else f"0x{h.quic_version:08x}"
                             for h in hello]
-    ordered = [cols[k] for k in FLOW_RECORD_KEYS]
-    return [dict(zip(FLOW_RECORD_KEYS, vals, strict=True)) for vals in zip(*ordered, strict=True)]
+    return {k: cols[k] for k in FLOW_RECORD_KEYS}
 
 
 def iter_flow_records(table: FlowTable, series: TimingSeries, *,

@@ -22,7 +22,7 @@ from keepiton_throttle.analysis import (
     resolve_roles,
 )
 from keepiton_throttle.cli import main
-from keepiton_throttle.flows import analyze_file, flow_records
+from keepiton_throttle.flows import FLOW_RECORD_KEYS, analyze_file, flow_records
 from keepiton_throttle.report import analysis_json
 
 from .conftest import TESTBED
@@ -68,7 +68,10 @@ def test_worker_evidence_equals_file_evidence(roles, reference) -> None:  # type
         assert out.error is None and out.evidence is not None
         same_evidence(out.evidence, reference[str(p)])
         table, series = analyze_file(p)
-        assert out.flow_rows == flow_records(table, series)
+        assert out.flow_cols is not None
+        cols = [out.flow_cols[k] for k in FLOW_RECORD_KEYS]
+        assert [dict(zip(FLOW_RECORD_KEYS, v, strict=True)) for v in zip(*cols, strict=True)] == \
+            flow_records(table, series)
         assert out.sha256 == batch.sha256_file(p)
         assert set(out.control_rtt_ms or {}) == {e.flow for e in out.evidence.flows if e.role == "control"}
 
@@ -237,8 +240,9 @@ def test_out_dir_outputs(tmp_path: Path, roles) -> None:  # type: ignore[no-unty
     rows = [json.loads(line) for line in (out / "flows.jsonl").read_text().splitlines()]
     assert rows == json.loads(json.dumps(expected_flows))
     ft = pq.read_table(out / "flows.parquet")
-    assert ft.num_rows == len(rows) and ft.column_names[0] == "file"
-    assert ft.column("sni").to_pylist() == [r["sni"] for r in rows]
+    assert ft.num_rows == len(rows) and ft.column_names == ["file", *FLOW_RECORD_KEYS]
+    assert ft.to_pylist() == rows  # every value, in the declared types
+    assert str(ft.schema.field("quic_version").type) == "string"  # declared, not inferred
 
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     scopes = [(v["scope"], v["file"], v["target"], v["transport"]) for v in verdicts]

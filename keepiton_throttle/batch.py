@@ -265,7 +265,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
             for chunk in chunks_of(reader, prefetch=task.prefetch):
                 builder.add(chunk)
                 if report is not None:
-                    done = min(reader.stats.bytes_read, task.size)
+                    done = min(reader.position, task.size)
                     report(done - sent, chunk.table.records)
                     sent = done
             stats = reader.stats

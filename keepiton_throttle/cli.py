@@ -160,8 +160,9 @@ def _cell(key: str, value: Any) -> str:
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with one row per flow.")
 @click.option("--bin-ms", type=click.FloatRange(min=1.0), default=100.0, show_default=True,
               help="Goodput bin width in milliseconds.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, as_csv: bool,
-          bin_ms: float) -> None:
+          bin_ms: float, quiet: bool) -> None:
     """One row per TCP/UDP flow of capture FILES.
 
     \b
@@ -171,6 +172,9 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
     payload bytes, bit/s), path RTT p50/p95 in ms (samples valid at the capture's vantage
     point), retransmission rate of the server->client direction and how the flow ended.
     """
+    import contextlib
+    import os
+
     import numpy as np
 
     from .flows import FLOW_RECORD_KEYS, analyze_file, iter_flow_records
@@ -194,27 +198,44 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
         click.echo("  ".join(f"{title:<{w}}" for _, title, w in FLOW_COLUMNS))
     failed = False
     shown = 0
-    for path in files:
-        got = _read_or_report(path, lambda p: analyze_file(p, bin_ns=int(bin_ms * 1e6)))
-        if got is None:
-            failed = True
-            continue
-        table, series = got
-        rows = None
-        if sni_patterns:
-            rows = np.unique(np.concatenate([table.matching(p) for p in sni_patterns]))
-        for rec in iter_flow_records(table, series, rows=rows):
-            rec = {"file": path, **rec}
-            if writer is not None:
-                row = list(rec.values())
-                for k in list_cols:  # alpn, tls_versions: one cell, ';'-separated
-                    row[k] = ";".join(row[k])
-                writer.writerow(row)
-            elif as_json:
-                out.write(("\n" if shown == 0 else ",\n") + json.dumps(rec))
-            else:
-                click.echo("  ".join(f"{_cell(k, rec[k])[:w]:<{w}}" for k, _, w in FLOW_COLUMNS))
-            shown += 1
+    with contextlib.ExitStack() as stack:  # the bar's exit shows the cursor again
+        bar: Any = None
+        if not quiet and sys.stderr.isatty():
+            sizes = []
+            for path in files:
+                try:
+                    sizes.append(os.stat(path).st_size)
+                except OSError:
+                    pass  # reported when it is read
+            bar = stack.enter_context(click.progressbar(length=max(sum(sizes), 1), label="reading",
+                                                        file=sys.stderr))
+        for path in files:
+            if bar is not None:
+                bar.label = f"reading {os.path.basename(path)}"
+            got = _read_or_report(path, lambda p: analyze_file(
+                p, bin_ns=int(bin_ms * 1e6), progress=None if bar is None else bar.update))
+            if bar is not None:  # the rows follow, maybe on the same terminal: clear the bar's line
+                sys.stderr.write("\r\033[K")
+                sys.stderr.flush()
+            if got is None:
+                failed = True
+                continue
+            table, series = got
+            rows = None
+            if sni_patterns:
+                rows = np.unique(np.concatenate([table.matching(p) for p in sni_patterns]))
+            for rec in iter_flow_records(table, series, rows=rows):
+                rec = {"file": path, **rec}
+                if writer is not None:
+                    row = list(rec.values())
+                    for k in list_cols:  # alpn, tls_versions: one cell, ';'-separated
+                        row[k] = ";".join(row[k])
+                    writer.writerow(row)
+                elif as_json:
+                    out.write(("\n" if shown == 0 else ",\n") + json.dumps(rec))
+                else:
+                    click.echo("  ".join(f"{_cell(k, rec[k])[:w]:<{w}}" for k, _, w in FLOW_COLUMNS))
+                shown += 1
     if as_json:
         out.write("\n]\n" if shown else "]\n")
     elif writer is None:

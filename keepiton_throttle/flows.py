@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -469,10 +469,23 @@ def analyze_chunks(chunks: Iterable[Chunk], **kw: Any) -> tuple[FlowTable, Timin
     return b.finish()
 
 
-def analyze_file(path: str | os.PathLike[str], **kw: Any) -> tuple[FlowTable, TimingSeries]:
-    """Read ``path`` and analyse its flows in one streaming pass."""
+def analyze_file(path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None,
+                 **kw: Any) -> tuple[FlowTable, TimingSeries]:
+    """Read ``path`` and analyse its flows in one streaming pass (keyword options: FlowBuilder's).
+
+    ``progress``, when given, is called after each chunk with the bytes of the file (on disk)
+    read since its last call."""
     with CaptureReader(path) as reader:
-        return analyze_chunks(chunks_of(reader), **kw)
+        if progress is None:
+            return analyze_chunks(chunks_of(reader), **kw)
+        b = FlowBuilder(**kw)
+        sent = 0
+        for c in chunks_of(reader):
+            b.add(c)
+            done = reader.position
+            progress(done - sent)
+            sent = done
+        return b.finish()
 
 
 #: the keys of a flow record (``flows --json``/``--csv``, ``analyze --out``), in output order,

@@ -256,3 +256,21 @@ def test_place_rtts_equals_a_stable_sort_by_flow() -> None:
     want = np.vstack([flow[order], ts[order], rtt[order], kind[order],
                       (sender[order] == client[flow[order]]).astype(np.int64)])
     assert np.array_equal(out, want)
+
+
+@requires_corpus
+def test_analyze_file_reports_progress_in_file_bytes(tmp_path: Path) -> None:
+    """The progress callback adds up to the file's size on disk, plain or gzip-compressed
+    (whose decompressed bytes are more), and the result is the same as without it."""
+    import gzip
+
+    src = REAL / "zeek__tls13-ech.pcap"
+    gz = tmp_path / "cap.pcap.gz"
+    gz.write_bytes(gzip.compress(src.read_bytes(), compresslevel=9))
+    assert gz.stat().st_size < src.stat().st_size
+    for path in (src, gz):
+        steps: list[int] = []
+        table, series = analyze_file(path, progress=steps.append, bin_ns=50_000_000)
+        assert steps and min(steps) >= 0 and sum(steps) == path.stat().st_size
+        plain, plain_series = analyze_file(src, bin_ns=50_000_000)
+        assert flow_records(table, series) == flow_records(plain, plain_series)

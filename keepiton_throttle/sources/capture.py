@@ -241,6 +241,17 @@ class CaptureReader:
             DamageEvent(self._stream_off if offset is None else offset, kind, message)
         )
 
+    @property
+    def position(self) -> int:
+        """Bytes of the file on disk read so far (compressed bytes for a gzip file), for progress:
+        ``stats.bytes_read`` counts decompressed bytes, which can exceed the file's size."""
+        if self.info.compressed:
+            try:
+                return int(self._stream.fileobj.tell())  # type: ignore[attr-defined]
+            except (AttributeError, OSError, ValueError):  # closed
+                return 0
+        return self.stats.bytes_read
+
     def close(self) -> None:
         ahead = self._ahead
         if ahead is not None:  # stop a prefetch thread before its reader goes

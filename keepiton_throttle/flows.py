@@ -448,7 +448,9 @@ def _handshakes(snips: _Snippets, S: npt.NDArray[np.int64], client: npt.NDArray[
             continue
         for d in order:
             segs = snips.parts.get((f, d))
-            if not segs:
+            # a ClientHello's record starts 0x16 0x03 (find_client_hello looks for nothing else):
+            # without a 0x16 byte the stream is not reassembled (plain HTTP, SSH, zeros, ...)
+            if not segs or not any(b"\x16" in p for o, p in segs if o >= 0):
                 continue
             stream = tls.reassemble_prefix([(o, p) for o, p in segs if o >= 0])
             try:

@@ -171,6 +171,10 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
     Initial), bytes each way (on the wire), duration, goodput of the main direction (unique
     payload bytes, bit/s), path RTT p50/p95 in ms (samples valid at the capture's vantage
     point), retransmission rate of the server->client direction and how the flow ended.
+
+    \b
+    Each file's rows are written as soon as it is read. A file that cannot be read is one
+    line on stderr; the others are still listed, and the exit status is then 2.
     """
     import contextlib
     import os

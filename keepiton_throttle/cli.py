@@ -181,7 +181,7 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
 
     import numpy as np
 
-    from .flows import FLOW_RECORD_KEYS, analyze_file, iter_flow_records
+    from .flows import FLOW_RECORD_KEYS, iter_flow_records, read_flows
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv are exclusive")
@@ -216,7 +216,7 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
         for path in files:
             if bar is not None:
                 bar.label = f"reading {os.path.basename(path)}"
-            got = _read_or_report(path, lambda p: analyze_file(
+            got = _read_or_report(path, lambda p: read_flows(
                 p, bin_ns=int(bin_ms * 1e6), progress=None if bar is None else bar.update))
             if bar is not None:  # the rows follow, maybe on the same terminal: clear the bar's line
                 sys.stderr.write("\r\033[K")
@@ -224,7 +224,12 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
             if got is None:
                 failed = True
                 continue
-            table, series = got
+            table, series, stats = got
+            if stats.damage:  # read up to the damage: say so, the rows are not the whole file
+                first = stats.damage[0]
+                click.echo(f"throttle-check: warning: {path}: {stats.damaged} damaged"
+                           + (" (reading stopped early)" if stats.stopped_early else "")
+                           + f"; first at byte {first.offset:,}: {first.message}", err=True)
             rows = None
             if sni_patterns:
                 rows = np.unique(np.concatenate([table.matching(p) for p in sni_patterns]))

@@ -31,7 +31,7 @@ import numpy.typing as npt
 from . import _kernels as K
 from .packets import format_addresses
 from .series import VANTAGES, PathRtts, TimingSeries, path_rtts
-from .sources.capture import CaptureReader, Chunk, chunks_of
+from .sources.capture import CaptureReader, Chunk, ReadStats, chunks_of
 
 #: default goodput bin width, ns (100 ms: fine enough for a 130 kbit/s policer's plateau,
 #: coarse enough that a bin of a 1 Mbit/s flow holds ~8 packets)
@@ -474,20 +474,29 @@ def analyze_chunks(chunks: Iterable[Chunk], **kw: Any) -> tuple[FlowTable, Timin
 def analyze_file(path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None,
                  **kw: Any) -> tuple[FlowTable, TimingSeries]:
     """Read ``path`` and analyse its flows in one streaming pass (keyword options: FlowBuilder's).
+    :func:`read_flows` also says what reading the file lost."""
+    table, series, _ = read_flows(path, progress=progress, **kw)
+    return table, series
+
+
+def read_flows(path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None,
+               **kw: Any) -> tuple[FlowTable, TimingSeries, ReadStats]:
+    """:func:`analyze_file`, with the reader's :class:`ReadStats` (records, damage: a damaged
+    file is analysed up to where it can be read, and the caller says so).
 
     ``progress``, when given, is called after each chunk with the bytes of the file (on disk)
     read since its last call."""
     with CaptureReader(path) as reader:
-        if progress is None:
-            return analyze_chunks(chunks_of(reader), **kw)
         b = FlowBuilder(**kw)
         sent = 0
         for c in chunks_of(reader):
             b.add(c)
-            done = reader.position
-            progress(done - sent)
-            sent = done
-        return b.finish()
+            if progress is not None:
+                done = reader.position
+                progress(done - sent)
+                sent = done
+        table, series = b.finish()
+        return table, series, reader.stats
 
 
 #: the keys of a flow record (``flows --json``/``--csv``, ``analyze --out``), in output order,

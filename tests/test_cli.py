@@ -95,3 +95,23 @@ def test_flows_sni_patterns_select_the_flows_they_match() -> None:
     for pats in (["CLOUDFLARE-*"], ["*ech.com", "cloudflare*"]):
         res = CliRunner().invoke(main, ["flows", "--json", *[a for p in pats for a in ("--sni", p)], path])
         assert json.loads(res.stdout) == named
+
+
+@requires_corpus
+def test_flows_says_when_a_capture_is_damaged(tmp_path: Any) -> None:
+    """A capture cut inside a record is analysed up to the cut, and a warning names the file,
+    the damage and its offset (the rows are not the whole capture)."""
+    src = REAL / "zeek__tls13-ech.pcap"
+    data = src.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    whole = json.loads(CliRunner().invoke(main, ["flows", "--json", str(src)]).stdout)
+    res = CliRunner().invoke(main, ["flows", "--json", str(cut)])
+    assert res.exit_code == 0
+    assert res.stderr.startswith(f"throttle-check: warning: {cut}: 1 damaged (reading stopped early)")
+    assert "first at byte" in res.stderr and res.stderr.count("\n") == 1
+    rows = json.loads(res.stdout)
+    assert 0 < sum(r["packets_up"] + r["packets_down"] for r in rows) < sum(
+        r["packets_up"] + r["packets_down"] for r in whole)
+    clean = CliRunner().invoke(main, ["flows", "--json", str(src)])
+    assert clean.stderr == ""

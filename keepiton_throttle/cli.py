@@ -224,12 +224,9 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
             if got is None:
                 failed = True
                 continue
-            table, series, stats = got
-            if stats.damage:  # read up to the damage: say so, the rows are not the whole file
-                first = stats.damage[0]
-                click.echo(f"throttle-check: warning: {path}: {stats.damaged} damaged"
-                           + (" (reading stopped early)" if stats.stopped_early else "")
-                           + f"; first at byte {first.offset:,}: {first.message}", err=True)
+            table, series = got.table, got.series
+            for w in got.warnings():  # damage, undecoded link types: the rows are not the whole file
+                click.echo(f"throttle-check: warning: {path}: {w}", err=True)
             rows = None
             if sni_patterns:
                 rows = np.unique(np.concatenate([table.matching(p) for p in sni_patterns]))

@@ -31,7 +31,14 @@ import numpy.typing as npt
 from . import _kernels as K
 from .packets import format_addresses
 from .series import VANTAGES, PathRtts, TimingSeries, path_rtts
-from .sources.capture import CaptureReader, Chunk, ReadStats, chunks_of
+from .sources.capture import (
+    SUPPORTED_LINKTYPES,
+    CaptureReader,
+    Chunk,
+    ReadStats,
+    chunks_of,
+    linktype_name,
+)
 
 #: default goodput bin width, ns (100 ms: fine enough for a 130 kbit/s policer's plateau,
 #: coarse enough that a bin of a 1 Mbit/s flow holds ~8 packets)
@@ -475,17 +482,42 @@ def analyze_file(path: str | os.PathLike[str], *, progress: Callable[[int], None
                  **kw: Any) -> tuple[FlowTable, TimingSeries]:
     """Read ``path`` and analyse its flows in one streaming pass (keyword options: FlowBuilder's).
     :func:`read_flows` also says what reading the file lost."""
-    table, series, _ = read_flows(path, progress=progress, **kw)
-    return table, series
+    got = read_flows(path, progress=progress, **kw)
+    return got.table, got.series
+
+
+@dataclass(frozen=True)
+class FlowRead:
+    """What :func:`read_flows` gives: the flows, and what of the file is not in them."""
+
+    table: FlowTable
+    series: TimingSeries
+    #: records, rows, damage (a damaged file is analysed up to where it can be read)
+    stats: ReadStats
+    #: packets of interfaces whose link type the decoder does not know, by link type: in no flow
+    undecoded_linktypes: dict[int, int]
+
+    def warnings(self) -> list[str]:
+        """One line for each way the flows are not the whole file (empty when they are)."""
+        out = []
+        if self.stats.damage:
+            first = self.stats.damage[0]
+            out.append(f"{self.stats.damaged} damaged"
+                       + (" (reading stopped early)" if self.stats.stopped_early else "")
+                       + f"; first at byte {first.offset:,}: {first.message}")
+        for lt, n in sorted(self.undecoded_linktypes.items()):
+            out.append(f"{n:,} packet(s) of link type {linktype_name(lt)}, which is not decoded, "
+                       "are in no flow")
+        return out
 
 
 def read_flows(path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None,
-               **kw: Any) -> tuple[FlowTable, TimingSeries, ReadStats]:
-    """:func:`analyze_file`, with the reader's :class:`ReadStats` (records, damage: a damaged
-    file is analysed up to where it can be read, and the caller says so).
+               **kw: Any) -> FlowRead:
+    """:func:`analyze_file`, with what reading the file lost (:class:`FlowRead`).
 
     ``progress``, when given, is called after each chunk with the bytes of the file (on disk)
     read since its last call."""
+    undecoded: dict[int, int] = {}
     with CaptureReader(path) as reader:
         b = FlowBuilder(**kw)
         sent = 0
@@ -495,8 +527,14 @@ def read_flows(path: str | os.PathLike[str], *, progress: Callable[[int], None] 
                 done = reader.position
                 progress(done - sent)
                 sent = done
+            # only when an interface has such a link type (pcapng can add one mid-file)
+            if any(i.linktype not in SUPPORTED_LINKTYPES for i in reader.info.interfaces):
+                lt = c.table.linktype
+                for v, n in zip(*np.unique(lt, return_counts=True), strict=True):
+                    if int(v) not in SUPPORTED_LINKTYPES:
+                        undecoded[int(v)] = undecoded.get(int(v), 0) + int(n)
         table, series = b.finish()
-        return table, series, reader.stats
+        return FlowRead(table, series, reader.stats, undecoded)
 
 
 #: the keys of a flow record (``flows --json``/``--csv``, ``analyze --out``), in output order,

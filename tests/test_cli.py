@@ -115,3 +115,17 @@ def test_flows_says_when_a_capture_is_damaged(tmp_path: Any) -> None:
         r["packets_up"] + r["packets_down"] for r in whole)
     clean = CliRunner().invoke(main, ["flows", "--json", str(src)])
     assert clean.stderr == ""
+
+
+def test_flows_counts_packets_of_a_link_type_it_does_not_decode(tmp_path: Any) -> None:
+    """Packets on an interface of an unknown link type are in no flow: said, with their count."""
+    import struct
+
+    path = tmp_path / "user0.pcap"
+    frame = b"\x45" + bytes(59)
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147) + b"".join(
+        struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame for i in range(7)))
+    res = CliRunner().invoke(main, ["flows", "--csv", str(path)])
+    assert res.exit_code == 0 and len(list(csv.reader(io.StringIO(res.stdout)))) == 1
+    assert res.stderr == (f"throttle-check: warning: {path}: 7 packet(s) of link type UNKNOWN(147), "
+                          "which is not decoded, are in no flow\n")

@@ -181,7 +181,7 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
 
     import numpy as np
 
-    from .flows import FLOW_RECORD_KEYS, iter_flow_records, read_flows
+    from .flows import FLOW_RECORD_KEYS, iter_flow_columns, read_flows
 
     if as_json and as_csv:
         raise click.UsageError("--json and --csv are exclusive")
@@ -194,7 +194,6 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
         import csv
 
         writer = csv.writer(out, lineterminator="\n")
-        list_cols = [keys.index(k) for k in ("alpn", "tls_versions")]
         writer.writerow(keys)
     elif as_json:
         out.write("[")
@@ -230,18 +229,24 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
             rows = None
             if sni_patterns:
                 rows = np.unique(np.concatenate([table.matching(p) for p in sni_patterns]))
-            for rec in iter_flow_records(table, series, rows=rows):
-                rec = {"file": path, **rec}
+            for cols in iter_flow_columns(table, series, rows=rows):
+                n = len(cols["flow"])
+                cols = {"file": [path] * n, **cols}
                 if writer is not None:
-                    row = list(rec.values())
-                    for k in list_cols:  # alpn, tls_versions: one cell, ';'-separated
-                        row[k] = ";".join(row[k])
-                    writer.writerow(row)
+                    for k in ("alpn", "tls_versions"):  # one cell, ';'-separated
+                        cols[k] = [";".join(v) for v in cols[k]]
+                    writer.writerows(zip(*(cols[k] for k in keys), strict=True))
                 elif as_json:
-                    out.write(("\n" if shown == 0 else ",\n") + json.dumps(rec))
+                    for vals in zip(*(cols[k] for k in keys), strict=True):
+                        out.write(("\n" if shown == 0 else ",\n")
+                                  + json.dumps(dict(zip(keys, vals, strict=True))))
+                        shown += 1
+                    continue
                 else:
-                    click.echo("  ".join(f"{_cell(k, rec[k])[:w]:<{w}}" for k, _, w in FLOW_COLUMNS))
-                shown += 1
+                    for vals in zip(*(cols[k] for k, _, _ in FLOW_COLUMNS), strict=True):
+                        click.echo("  ".join(f"{_cell(k, v)[:w]:<{w}}"
+                                             for (k, _, w), v in zip(FLOW_COLUMNS, vals, strict=True)))
+                shown += n
     if as_json:
         out.write("\n]\n" if shown else "]\n")
     elif writer is None:

@@ -641,14 +641,24 @@ def flow_columns(table: FlowTable, series: TimingSeries, *,
     return {k: cols[k] for k in FLOW_RECORD_KEYS}
 
 
-def iter_flow_records(table: FlowTable, series: TimingSeries, *,
+def iter_flow_columns(table: FlowTable, series: TimingSeries, *,
                       rows: Sequence[int] | npt.NDArray[np.int64] | None = None,
                       paths: PathRtts | None = None,
-                      block: int = RECORD_BLOCK) -> Iterator[dict[str, Any]]:
-    """:func:`flow_records`, ``block`` flows at a time: memory for a block of dicts, not for
-    every flow of a capture (what ``flows`` prints from)."""
+                      block: int = RECORD_BLOCK) -> Iterator[dict[str, list[Any]]]:
+    """:func:`flow_columns`, ``block`` flows at a time (what ``flows`` prints from): memory for
+    a block of rows, not for every flow of a capture."""
     if paths is None:
         paths = path_rtts(table.cols, series)
     sel = np.arange(table.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
     for k in range(0, sel.size, block):
-        yield from flow_records(table, series, rows=sel[k: k + block], paths=paths)
+        yield flow_columns(table, series, rows=sel[k: k + block], paths=paths)
+
+
+def iter_flow_records(table: FlowTable, series: TimingSeries, *,
+                      rows: Sequence[int] | npt.NDArray[np.int64] | None = None,
+                      paths: PathRtts | None = None,
+                      block: int = RECORD_BLOCK) -> Iterator[dict[str, Any]]:
+    """:func:`flow_records`, ``block`` flows at a time (see :func:`iter_flow_columns`)."""
+    for cols in iter_flow_columns(table, series, rows=rows, paths=paths, block=block):
+        yield from (dict(zip(FLOW_RECORD_KEYS, vals, strict=True))
+                    for vals in zip(*(cols[k] for k in FLOW_RECORD_KEYS), strict=True))

@@ -27,7 +27,7 @@ from .characterize import (
     rtt_level,
     steadiness,
 )
-from .flows import FlowBuilder, FlowTable, flow_records
+from .flows import FlowBuilder, FlowTable, count_undecoded, flow_records, undecoded_notes
 from .series import FlowTrace, PathRtts, TimingSeries, path_rtts
 from .sources.capture import CaptureReader, chunks_of
 from .targets import Target
@@ -163,6 +163,8 @@ class CaptureFacts:
     flows: int
     damaged: int
     damage: tuple[str, ...]
+    #: packets in no flow because their link type is not decoded, one line per link type
+    undecoded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -374,13 +376,15 @@ def file_evidence(path: str | os.PathLike[str], roles: Roles, config: DetectionC
     cfg = config or DetectionConfig()
     path = os.fspath(path)
     builder = FlowBuilder(bin_ns=cfg.bin_ns)
+    undecoded: dict[int, int] = {}
     with CaptureReader(path) as reader:
         for chunk in chunks_of(reader):
             builder.add(chunk)
+            count_undecoded(reader, chunk, undecoded)
         stats = reader.stats
     table, series = builder.finish()
     facts = CaptureFacts(path, stats.records, table.n, stats.damaged,
-                         tuple(d.message for d in stats.damage))
+                         tuple(d.message for d in stats.damage), tuple(undecoded_notes(undecoded)))
     chosen: dict[int, tuple[str, str]] = {}
     for f in range(table.n):
         r = roles.classify(table.hello[f].sni)

@@ -251,7 +251,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
     read; ``tests/test_batch.py`` checks that both give the same evidence.
     """
     from .analysis import CaptureFacts, FileEvidence, _collect_traces, _evidence
-    from .flows import FlowBuilder, flow_columns
+    from .flows import FlowBuilder, count_undecoded, flow_columns, undecoded_notes
     from .series import path_rtts
     from .sources.capture import CaptureReader, chunks_of
 
@@ -261,9 +261,11 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
         digest = sha256_file(path) if task.digest else None
         builder = FlowBuilder(bin_ns=cfg.bin_ns)
         sent = 0
+        undecoded: dict[int, int] = {}
         with CaptureReader(path) as reader:
             for chunk in chunks_of(reader, prefetch=task.prefetch):
                 builder.add(chunk)
+                count_undecoded(reader, chunk, undecoded)
                 if report is not None:
                     done = min(reader.position, task.size)
                     report(done - sent, chunk.table.records)
@@ -271,7 +273,7 @@ def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) ->
             stats = reader.stats
         table, series = builder.finish()
         facts = CaptureFacts(path, stats.records, table.n, stats.damaged,
-                             tuple(d.message for d in stats.damage))
+                             tuple(d.message for d in stats.damage), tuple(undecoded_notes(undecoded)))
         paths = path_rtts(table.cols, series)
         chosen: dict[int, tuple[str, str]] = {}
         for f in range(table.n):

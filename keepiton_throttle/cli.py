@@ -451,6 +451,8 @@ def _print_verdicts(report: Any) -> None:
     for c in report.captures:
         note = f", {c.damaged} damaged" if c.damaged else ""
         click.echo(f"{c.file}: {c.packets:,} packets, {c.flows:,} flows{note}")
+        for line in c.undecoded:
+            click.echo(f"  {line}")
     if not report.targets:
         click.echo("No target flow found (targets are matched by TLS/QUIC SNI; see --target-sni).")
         return

@@ -505,10 +505,24 @@ class FlowRead:
             out.append(f"{self.stats.damaged} damaged"
                        + (" (reading stopped early)" if self.stats.stopped_early else "")
                        + f"; first at byte {first.offset:,}: {first.message}")
-        for lt, n in sorted(self.undecoded_linktypes.items()):
-            out.append(f"{n:,} packet(s) of link type {linktype_name(lt)}, which is not decoded, "
-                       "are in no flow")
-        return out
+        return out + undecoded_notes(self.undecoded_linktypes)
+
+
+def count_undecoded(reader: CaptureReader, chunk: Chunk, acc: dict[int, int]) -> None:
+    """Add to ``acc`` (link type -> packets) the rows of ``chunk`` whose interface has a link
+    type the decoder does not know (they are in no flow). Costs nothing unless the file has
+    such an interface (pcapng can add one mid-file)."""
+    if all(i.linktype in SUPPORTED_LINKTYPES for i in reader.info.interfaces):
+        return
+    for v, n in zip(*np.unique(chunk.table.linktype, return_counts=True), strict=True):
+        if int(v) not in SUPPORTED_LINKTYPES:
+            acc[int(v)] = acc.get(int(v), 0) + int(n)
+
+
+def undecoded_notes(counts: dict[int, int]) -> list[str]:
+    """One line per link type of :func:`count_undecoded`'s counts."""
+    return [f"{n:,} packet(s) of link type {linktype_name(lt)}, which is not decoded, are in no flow"
+            for lt, n in sorted(counts.items())]
 
 
 def read_flows(path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None,
@@ -527,12 +541,7 @@ def read_flows(path: str | os.PathLike[str], *, progress: Callable[[int], None] 
                 done = reader.position
                 progress(done - sent)
                 sent = done
-            # only when an interface has such a link type (pcapng can add one mid-file)
-            if any(i.linktype not in SUPPORTED_LINKTYPES for i in reader.info.interfaces):
-                lt = c.table.linktype
-                for v, n in zip(*np.unique(lt, return_counts=True), strict=True):
-                    if int(v) not in SUPPORTED_LINKTYPES:
-                        undecoded[int(v)] = undecoded.get(int(v), 0) + int(n)
+            count_undecoded(reader, c, undecoded)
         table, series = b.finish()
         return FlowRead(table, series, reader.stats, undecoded)
 

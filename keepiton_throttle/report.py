@@ -23,7 +23,7 @@ def analysis_json(report: AnalysisReport, *, generated_at: str | None = None) ->
         "generated_at": generated_at,
         "captures": [
             {"file": c.file, "packets": c.packets, "flows": c.flows, "damaged": c.damaged,
-             "damage": list(c.damage)}
+             "damage": list(c.damage), "undecoded": list(c.undecoded)}
             for c in report.captures
         ],
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},

@@ -337,3 +337,24 @@ def test_testbed_batch_matches_labels_pooled(roles) -> None:  # type: ignore[no-
     for f in res.files:
         ref = combine([file_evidence(f.path, roles)], roles)
         assert report_doc(f.report) == report_doc(ref)
+
+
+def test_undecoded_link_types_are_reported_with_the_capture(tmp_path: Path, roles) -> None:  # type: ignore[no-untyped-def]
+    """A capture on a link type the decoder does not know: its packets are counted, and the
+    report says why they are in no flow (per-file evidence, batch worker and JSON alike)."""
+    import struct
+
+    path = tmp_path / "user0.pcap"
+    frame = b"\x45" + bytes(59)
+    path.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 147) + b"".join(
+        struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame for i in range(5)))
+    note = "5 packet(s) of link type UNKNOWN(147), which is not decoded, are in no flow"
+    fe = file_evidence(path, roles)
+    assert fe.capture.undecoded == (note,) and fe.capture.flows == 0
+    out = batch._file_work(batch._Task(0, str(path), path.stat().st_size, roles, DetectionConfig(),
+                                       flows=False, rtt=False, digest=False))
+    assert out.evidence is not None and out.evidence.capture.undecoded == (note,)
+    res = batch.run_batch([path], roles, jobs=1)
+    assert analysis_json(res.combined)["captures"][0]["undecoded"] == [note]
+    # a capture of known link types says nothing
+    assert file_evidence(TWITTER_TCP, roles).capture.undecoded == ()

@@ -274,3 +274,22 @@ def test_analyze_file_reports_progress_in_file_bytes(tmp_path: Path) -> None:
         assert steps and min(steps) >= 0 and sum(steps) == path.stat().st_size
         plain, plain_series = analyze_file(src, bin_ns=50_000_000)
         assert flow_records(table, series) == flow_records(plain, plain_series)
+
+
+def test_format_addresses_equals_the_ipaddress_text() -> None:
+    """The vectorised form (inet_ntoa for IPv4) gives format_address's text, address by
+    address: random IPv4 and IPv6, the edges, and IPv4-mapped IPv6 kept as IPv6."""
+    import ipaddress
+    import random
+
+    from keepiton_throttle.packets import address_halves, format_addresses
+
+    rng = random.Random(7)
+    texts = [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(3000)]
+    texts += [str(ipaddress.IPv6Address(rng.getrandbits(128) >> rng.randrange(129))) for _ in range(3000)]
+    texts += ["0.0.0.0", "255.255.255.255", "::", "::1", "::ffff:1.2.3.4", "2001:db8::"]
+    halves = [address_halves(t) for t in texts]
+    version = [4 if ":" not in t else 6 for t in texts]
+    got = format_addresses([h for h, _ in halves], [lo for _, lo in halves], version)
+    assert got == [format_address(h, lo, v) for (h, lo), v in zip(halves, version, strict=True)]
+    assert got[:3000] == texts[:3000] and got[-6:-2] == ["0.0.0.0", "255.255.255.255", "::", "::1"]

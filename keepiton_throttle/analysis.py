@@ -27,7 +27,7 @@ from .characterize import (
     rtt_level,
     steadiness,
 )
-from .flows import FlowBuilder, FlowTable, count_undecoded, flow_records, undecoded_notes
+from .flows import FlowBuilder, FlowRead, FlowTable, flow_records, read_flows, undecoded_notes
 from .series import FlowTrace, PathRtts, TimingSeries, path_rtts
 from .sources.capture import CaptureReader, chunks_of
 from .targets import Target
@@ -165,6 +165,13 @@ class CaptureFacts:
     damage: tuple[str, ...]
     #: packets in no flow because their link type is not decoded, one line per link type
     undecoded: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, path: str, got: FlowRead) -> CaptureFacts:
+        """The facts of a capture's flow pass (:func:`~keepiton_throttle.flows.read_flows`)."""
+        s = got.stats
+        return cls(path, s.records, got.table.n, s.damaged, tuple(d.message for d in s.damage),
+                   tuple(undecoded_notes(got.undecoded_linktypes)))
 
 
 @dataclass(frozen=True)
@@ -375,16 +382,9 @@ def file_evidence(path: str | os.PathLike[str], roles: Roles, config: DetectionC
     """Pass 1 (flows), role assignment and pass 2 (traces) for one capture file."""
     cfg = config or DetectionConfig()
     path = os.fspath(path)
-    builder = FlowBuilder(bin_ns=cfg.bin_ns)
-    undecoded: dict[int, int] = {}
-    with CaptureReader(path) as reader:
-        for chunk in chunks_of(reader):
-            builder.add(chunk)
-            count_undecoded(reader, chunk, undecoded)
-        stats = reader.stats
-    table, series = builder.finish()
-    facts = CaptureFacts(path, stats.records, table.n, stats.damaged,
-                         tuple(d.message for d in stats.damage), tuple(undecoded_notes(undecoded)))
+    got = read_flows(path, bin_ns=cfg.bin_ns)
+    table, series = got.table, got.series
+    facts = CaptureFacts.of(path, got)
     chosen: dict[int, tuple[str, str]] = {}
     for f in range(table.n):
         r = roles.classify(table.hello[f].sni)

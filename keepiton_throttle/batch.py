@@ -246,34 +246,21 @@ def _control_rtt_ms(paths: Any, flows: Sequence[int]) -> dict[int, np.ndarray]:
 def _file_work(task: _Task, report: Callable[[int, int], None] | None = None) -> _Outcome:
     """One file: pass 1 (flows), roles, pass 2 (traces) -> FileEvidence, as ``file_evidence``.
 
-    The body is ``analysis.file_evidence`` with the flow pass driven here, so that progress is
-    reported per chunk and the flow table can also give ``flow_records`` rows without a third
-    read; ``tests/test_batch.py`` checks that both give the same evidence.
+    The body is ``analysis.file_evidence`` with progress reported per chunk of the flow pass
+    (``flows.read_flows``, as there) and with the flow table's rows (``flow_columns``) kept
+    without a third read; ``tests/test_batch.py`` checks that both give the same evidence.
     """
     from .analysis import CaptureFacts, FileEvidence, _collect_traces, _evidence
-    from .flows import FlowBuilder, count_undecoded, flow_columns, undecoded_notes
+    from .flows import flow_columns, read_flows
     from .series import path_rtts
-    from .sources.capture import CaptureReader, chunks_of
 
     cfg, path = task.config, task.path
     cpu0 = time.process_time()
     try:
         digest = sha256_file(path) if task.digest else None
-        builder = FlowBuilder(bin_ns=cfg.bin_ns)
-        sent = 0
-        undecoded: dict[int, int] = {}
-        with CaptureReader(path) as reader:
-            for chunk in chunks_of(reader, prefetch=task.prefetch):
-                builder.add(chunk)
-                count_undecoded(reader, chunk, undecoded)
-                if report is not None:
-                    done = min(reader.position, task.size)
-                    report(done - sent, chunk.table.records)
-                    sent = done
-            stats = reader.stats
-        table, series = builder.finish()
-        facts = CaptureFacts(path, stats.records, table.n, stats.damaged,
-                             tuple(d.message for d in stats.damage), tuple(undecoded_notes(undecoded)))
+        got = read_flows(path, bin_ns=cfg.bin_ns, prefetch=task.prefetch, progress=report)
+        table, series = got.table, got.series
+        facts = CaptureFacts.of(path, got)
         paths = path_rtts(table.cols, series)
         chosen: dict[int, tuple[str, str]] = {}
         for f in range(table.n):

@@ -212,11 +212,11 @@ def flows(files: tuple[str, ...], sni_patterns: tuple[str, ...], as_json: bool, 
                     pass  # reported when it is read
             bar = stack.enter_context(click.progressbar(length=max(sum(sizes), 1), label="reading",
                                                         file=sys.stderr))
+        step = None if bar is None else (lambda nbytes, _packets: bar.update(nbytes))
         for path in files:
             if bar is not None:
                 bar.label = f"reading {os.path.basename(path)}"
-            got = _read_or_report(path, lambda p: read_flows(
-                p, bin_ns=int(bin_ms * 1e6), progress=None if bar is None else bar.update))
+            got = _read_or_report(path, lambda p: read_flows(p, bin_ns=int(bin_ms * 1e6), progress=step))
             if bar is not None:  # the rows follow, maybe on the same terminal: clear the bar's line
                 sys.stderr.write("\r\033[K")
                 sys.stderr.flush()

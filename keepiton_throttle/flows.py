@@ -482,7 +482,8 @@ def analyze_file(path: str | os.PathLike[str], *, progress: Callable[[int], None
                  **kw: Any) -> tuple[FlowTable, TimingSeries]:
     """Read ``path`` and analyse its flows in one streaming pass (keyword options: FlowBuilder's).
     :func:`read_flows` also says what reading the file lost."""
-    got = read_flows(path, progress=progress, **kw)
+    step = None if progress is None else (lambda nbytes, _packets: progress(nbytes))
+    got = read_flows(path, progress=step, **kw)
     return got.table, got.series
 
 
@@ -525,21 +526,24 @@ def undecoded_notes(counts: dict[int, int]) -> list[str]:
             for lt, n in sorted(counts.items())]
 
 
-def read_flows(path: str | os.PathLike[str], *, progress: Callable[[int], None] | None = None,
+def read_flows(path: str | os.PathLike[str], *,
+               progress: Callable[[int, int], None] | None = None, prefetch: bool | None = None,
                **kw: Any) -> FlowRead:
-    """:func:`analyze_file`, with what reading the file lost (:class:`FlowRead`).
+    """:func:`analyze_file`, with what reading the file lost (:class:`FlowRead`): the flow pass
+    of ``flows``, ``analyze`` and the batch workers.
 
     ``progress``, when given, is called after each chunk with the bytes of the file (on disk)
-    read since its last call."""
+    read since its last call and the chunk's packets; ``prefetch`` as in
+    :func:`~keepiton_throttle.sources.capture.chunks_of`."""
     undecoded: dict[int, int] = {}
     with CaptureReader(path) as reader:
         b = FlowBuilder(**kw)
         sent = 0
-        for c in chunks_of(reader):
+        for c in chunks_of(reader, prefetch=prefetch):
             b.add(c)
             if progress is not None:
                 done = reader.position
-                progress(done - sent)
+                progress(done - sent, c.table.records)
                 sent = done
             count_undecoded(reader, c, undecoded)
         table, series = b.finish()
@@ -564,7 +568,7 @@ FLOW_RECORD_TYPES: dict[str, str] = {
 }
 FLOW_RECORD_KEYS = tuple(FLOW_RECORD_TYPES)
 
-#: flows per block of :func:`iter_flow_records` (a block's dicts take ~3 MB)
+#: flows per block of :func:`iter_flow_columns`
 RECORD_BLOCK = 4096
 
 
@@ -599,7 +603,7 @@ def flow_columns(table: FlowTable, series: TimingSeries, *,
     if paths is None:
         paths = path_rtts(c, series)
     # the columns are read for the asked rows only, as lists (record k is flow sel[k])
-    sel = np.arange(table.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    sel = table._rows(rows)
     summ = paths.summary()
     n_rtt = summ["rtt_samples"][sel]
     # ms rounded to the ns: percentiles interpolate below it, and the capture's clock has no more
@@ -658,16 +662,6 @@ def iter_flow_columns(table: FlowTable, series: TimingSeries, *,
     a block of rows, not for every flow of a capture."""
     if paths is None:
         paths = path_rtts(table.cols, series)
-    sel = np.arange(table.n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    sel = table._rows(rows)
     for k in range(0, sel.size, block):
         yield flow_columns(table, series, rows=sel[k: k + block], paths=paths)
-
-
-def iter_flow_records(table: FlowTable, series: TimingSeries, *,
-                      rows: Sequence[int] | npt.NDArray[np.int64] | None = None,
-                      paths: PathRtts | None = None,
-                      block: int = RECORD_BLOCK) -> Iterator[dict[str, Any]]:
-    """:func:`flow_records`, ``block`` flows at a time (see :func:`iter_flow_columns`)."""
-    for cols in iter_flow_columns(table, series, rows=rows, paths=paths, block=block):
-        yield from (dict(zip(FLOW_RECORD_KEYS, vals, strict=True))
-                    for vals in zip(*(cols[k] for k in FLOW_RECORD_KEYS), strict=True))
